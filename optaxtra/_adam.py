@@ -1,0 +1,148 @@
+"""Adam with the bias correction optional (BERT's optimizer has none)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optaxtra import _checks
+from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+
+_FN = "scale_by_adam"
+
+
+class ScaleByAdamState(NamedTuple):
+  """State of :func:`optaxtra.scale_by_adam`.
+
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    mu: first moment, moving average of the gradients.
+    nu: second moment, moving average of the squared gradients.
+    bias_correction: scalar factor ``sqrt(1 - b2**t) / (1 - b1**t)`` that the
+      bias correction multiplied the last step by (1 with
+      ``bias_correction=False``, and before the first update). A learning rate
+      times this factor is Adam's effective step size alpha_t (Kingma & Ba,
+      Section 2), reported by :func:`optaxtra.inspect`.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  bias_correction: jax.Array
+
+
+def scale_by_adam(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    eps_root: float | jax.Array = 0.0,
+    *,
+    bias_correction: bool = True,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adam, with the bias correction optional.
+
+  With the default ``bias_correction=True`` this is :func:`optax.scale_by_adam`:
+
+  .. math::
+
+    \mu_t = b_1 \mu_{t-1} + (1 - b_1) g_t, \quad
+    \nu_t = b_2 \nu_{t-1} + (1 - b_2) g_t^2, \quad
+    u_t = \frac{\mu_t / (1 - b_1^t)}{\sqrt{\nu_t / (1 - b_2^t) + \epsilon_{root}}
+      + \epsilon}
+
+  With ``bias_correction=False`` the moments are used as they are,
+  ``u_t = mu_t / (sqrt(nu_t + eps_root) + eps)``: the update of BERT's
+  ``AdamWeightDecayOptimizer``.
+
+  The state also records the factor by which the bias correction scaled the
+  step, so that :func:`optaxtra.inspect` can report Adam's effective step size
+  ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: non-negative term added to the denominator outside the square root.
+    eps_root: non-negative term added inside the square root.
+    bias_correction: whether to divide the moments by ``1 - b**t``.
+    mu_dtype: dtype of the first moment; defaults to the params' dtype.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`optaxtra.ScaleByAdamState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optaxtra
+    >>> tx = optaxtra.scale_by_adam(bias_correction=False)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> updates, state = tx.update({"w": jnp.array([0.5, -2.0])}, state)
+    >>> updates["w"]  # 0.1 * g / sqrt(0.001 * g**2): uncorrected moments
+    Array([ 3.16227...,  -3.16227...], dtype=float32)
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
+
+    Devlin et al., `BERT <https://arxiv.org/abs/1810.04805>`_, 2019, and its
+    ``optimization.py`` (``AdamWeightDecayOptimizer``).
+  """
+  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0)
+  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0)
+  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None)
+  _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None)
+  _checks.check_flag(_FN, "bias_correction", bias_correction)
+  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
+
+  def init_fn(params):
+    return ScaleByAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params),
+        nu=jax.tree.map(jnp.zeros_like, params),
+        bias_correction=jnp.ones([], _checks.default_float()),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
+    count = optax.safe_increment(state.count)
+
+    def leaf(g, mu, nu):
+      dt = compute_dtype(g, mu, nu)
+      b1_, b2_ = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+      gc = g.astype(dt)
+      mu_new = b1_ * mu.astype(dt) + (1 - b1_) * gc
+      nu_new = b2_ * nu.astype(dt) + (1 - b2_) * (gc * gc)
+      mu_hat, nu_hat = mu_new, nu_new
+      if bias_correction:
+        t = count.astype(dt)
+        mu_hat = mu_new / (1 - b1_**t)
+        nu_hat = nu_new / (1 - b2_**t)
+      out = mu_hat / (jnp.sqrt(nu_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt))
+      return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
+
+    treedef = jax.tree.structure(state.mu)
+    outs = [
+        leaf(g, m, v)
+        for g, m, v in zip(
+            jax.tree.leaves(updates),
+            jax.tree.leaves(state.mu),
+            jax.tree.leaves(state.nu),
+            strict=True,
+        )
+    ]
+    new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    fdt = _checks.default_float()
+    if bias_correction:
+      t = count.astype(fdt)
+      bc = jnp.sqrt(1 - jnp.asarray(b2, fdt) ** t) / (1 - jnp.asarray(b1, fdt) ** t)
+    else:
+      bc = jnp.ones([], fdt)
+    return new_updates, ScaleByAdamState(
+        count=count, mu=mu, nu=nu, bias_correction=bc.astype(fdt)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)

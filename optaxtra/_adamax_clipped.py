@@ -1,0 +1,194 @@
+"""Adamax with the Neural-GPU gradient clipping (Freivalds & Liepins, 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optaxtra import _checks
+from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+
+_FN = "scale_by_adamax_clipped"
+
+
+class ScaleByAdamaxClippedState(NamedTuple):
+  """State of :func:`scale_by_adamax_clipped`.
+
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    mu: first moment, an exponential moving average of the clipped gradients.
+    nu: running infinity norm ``max(b2 * nu, |g|)`` of the clipped gradients.
+    clip_fraction: float32 scalar, the share of gradient entries the last
+      update clipped (0 before the first update and when ``clip=False``).
+    bias_correction: scalar factor the last update multiplied ``mu`` by,
+      ``1 / (1 - b1**count)`` with ``bias_correction=True``, else 1. Read by
+      :func:`optaxtra.inspect` for the effective learning rate.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  clip_fraction: jax.Array
+  bias_correction: jax.Array
+
+
+def scale_by_adamax_clipped(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    *,
+    clip_multiplier: float | jax.Array = 1.2,
+    clip_epsilon: float | jax.Array = 1e-4,
+    clip: bool = True,
+    bias_correction: bool = False,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adamax, clipping each gradient to its running maximum.
+
+  The Adamax of the Neural GPU (Freivalds & Liepins, 2017), exactly as in their
+  ``AdamaxOptimizer``: each gradient entry is first clipped so that it exceeds
+  the previous step's infinity norm by no more than ``clip_multiplier`` (plus
+  ``clip_epsilon``), then Adamax runs on the clipped gradient. Per leaf, with
+  ``nu`` from the previous step:
+
+  .. math::
+
+    c_t &= \nu_{t-1} \cdot \text{clip\_multiplier} + \text{clip\_epsilon}
+      \quad\text{(only with clip=True)} \\
+    g_t &\leftarrow \operatorname{clip}(g_t, -c_t, c_t) \\
+    \mu_t &= b_1 \mu_{t-1} + (1 - b_1) g_t \\
+    \nu_t &= \max(b_2 \nu_{t-1}, |g_t|) \\
+    u_t &= \hat\mu_t / (\nu_t + \epsilon), \quad
+      \hat\mu_t = \mu_t / (1 - b_1^t) \text{ if bias\_correction else } \mu_t
+
+  The defaults reproduce the original: no bias correction of the first moment,
+  ``eps`` added outside the maximum, and, since ``nu`` starts at zero, a first
+  step clipped to ``±clip_epsilon``.
+
+  With ``clip=False, bias_correction=True`` this is :func:`optax.scale_by_adamax`
+  up to where ``eps`` sits: Optax keeps it inside the running maximum,
+  ``nu = max(b2 * nu, |g| + eps)`` and ``u = mu_hat / nu``, while here it is
+  added to the maximum at the output, ``u = mu_hat / (max(b2 * nu, |g|) + eps)``.
+  The two agree exactly for ``eps=0`` and to a relative ``eps / |g|`` otherwise.
+
+  The output is the rescaled gradient, not a parameter change: chain it with a
+  learning rate stage (or use :func:`optaxtra.adamax_clipped`), and apply it
+  with :func:`optax.apply_updates`.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the running infinity norm, in [0, 1).
+    eps: non-negative term added to the denominator.
+    clip_multiplier: positive multiplier of the previous infinity norm in the
+      clipping bound; larger values clip less. The paper uses values > 1.
+    clip_epsilon: non-negative floor of the clipping bound; gradients smaller
+      than this are never clipped. It also bounds the first step.
+    clip: whether to clip (False gives plain Adamax with this ``eps``).
+    bias_correction: whether to divide the first moment by ``1 - b1**t``.
+    mu_dtype: dtype of the first moment; defaults to the params' dtype.
+    nu_dtype: dtype of the infinity norm; defaults to the params' dtype.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`ScaleByAdamaxClippedState`. Arithmetic is done in float32 at least
+    (float64 for float64 params), updates keep the gradients' dtype.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optaxtra
+    >>> tx = optaxtra.scale_by_adamax_clipped()
+    >>> params = {"w": jnp.zeros(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -1e-5, 0.0])}, state)
+    >>> updates["w"]  # the first step is clipped to +-clip_epsilon
+    Array([ 0.09999..., -0.09999...,  0. ], dtype=float32)
+    >>> state.clip_fraction  # one of the three entries was clipped
+    Array(0.333..., dtype=float32)
+
+  References:
+    Freivalds & Liepins, `Improving the Neural GPU Architecture for Algorithm
+    Learning <https://arxiv.org/abs/1702.08727>`_, 2017; their implementation
+    LUMII-Syslab/DNGPU ``adamax.py``.
+
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015 (Adamax, Algorithm 2).
+  """
+  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0)
+  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0)
+  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None)
+  _checks.check_scalar(
+      _FN, "clip_multiplier", clip_multiplier, low=0.0, low_open=True, high=None,
+      fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
+  )
+  _checks.check_scalar(_FN, "clip_epsilon", clip_epsilon, low=0.0, high=None)
+  _checks.check_flag(_FN, "clip", clip)
+  _checks.check_flag(_FN, "bias_correction", bias_correction)
+  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
+  nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
+
+  def init_fn(params):
+    mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
+    nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype), params)
+    return ScaleByAdamaxClippedState(
+        count=jnp.zeros([], jnp.int32),
+        mu=mu,
+        nu=nu,
+        clip_fraction=jnp.zeros([], jnp.float32),
+        bias_correction=jnp.ones([], _checks.default_float()),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
+    count = optax.safe_increment(state.count)
+
+    def leaf(g, mu, nu):
+      dt = compute_dtype(g, mu, nu)
+      b1_, b2_ = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+      gc, mu_c, nu_c = g.astype(dt), mu.astype(dt), nu.astype(dt)
+      if clip:
+        bound = nu_c * jnp.asarray(clip_multiplier, dt) + jnp.asarray(clip_epsilon, dt)
+        n_clipped = jnp.sum(jnp.abs(gc) > bound, dtype=jnp.int32)
+        gc = jnp.clip(gc, -bound, bound)
+      else:
+        n_clipped = jnp.zeros([], jnp.int32)
+      mu_new = b1_ * mu_c + (1 - b1_) * gc
+      nu_new = jnp.maximum(b2_ * nu_c, jnp.abs(gc))
+      mu_hat = mu_new
+      if bias_correction:
+        mu_hat = mu_new / (1 - b1_ ** count.astype(dt))
+      out = mu_hat / (nu_new + jnp.asarray(eps, dt))
+      return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype), n_clipped
+
+    treedef = jax.tree.structure(state.mu)
+    outs = [
+        leaf(g, m, v)
+        for g, m, v in zip(
+            jax.tree.leaves(updates),
+            jax.tree.leaves(state.mu),
+            jax.tree.leaves(state.nu),
+            strict=True,
+        )
+    ]
+    new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    total = sum(int(jnp.size(g)) for g in jax.tree.leaves(updates))
+    n_clipped = sum((o[3].astype(jnp.float32) for o in outs), jnp.zeros([], jnp.float32))
+    clip_fraction = n_clipped / max(total, 1)
+    fdt = _checks.default_float()
+    if bias_correction:
+      bc = 1 / (1 - jnp.asarray(b1, fdt) ** count.astype(fdt))
+    else:
+      bc = jnp.ones([], fdt)
+    return new_updates, ScaleByAdamaxClippedState(
+        count=count,
+        mu=mu,
+        nu=nu,
+        clip_fraction=clip_fraction.astype(jnp.float32),
+        bias_correction=bc.astype(fdt),
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)

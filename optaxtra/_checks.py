@@ -1,0 +1,139 @@
+"""Argument and tree checks shared by optaxtra's transformations.
+
+Every check here runs on concrete values only. A value that is a JAX tracer (a
+hyperparameter passed through ``optax.inject_hyperparams`` under ``jax.jit``)
+cannot be inspected at trace time and is let through, so that traced
+hyperparameters keep working.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+  """Whether ``value`` is a JAX tracer (its value is unknown at trace time)."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def concrete_scalar(value: Any) -> float | None:
+  """``value`` as a Python float, or None when it is traced or a schedule."""
+  if callable(value) or is_traced(value):
+    return None
+  arr = np.asarray(value)
+  if arr.ndim != 0:
+    raise TypeError(f"expected a scalar, got an array of shape {arr.shape}")
+  return float(arr)
+
+
+def check_scalar(
+    fn: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+    fix: str = "",
+) -> None:
+  """Raises ``ValueError`` when a concrete scalar lies outside its range.
+
+  Args:
+    fn: the public function the argument belongs to, for the message.
+    name: the argument's name.
+    value: the argument. Schedules (callables) and tracers are not checked.
+    low: the lower bound, or None.
+    high: the upper bound, or None.
+    low_open: whether ``low`` itself is excluded.
+    high_open: whether ``high`` itself is excluded.
+    fix: a hint appended to the message.
+  """
+  if value is None or isinstance(value, bool):
+    raise TypeError(
+        f"{fn}: {name} must be a number, got {value!r}." + (f" {fix}" if fix else "")
+    )
+  try:
+    v = concrete_scalar(value)
+  except TypeError as e:
+    raise TypeError(f"{fn}: {name} must be a scalar; {e}.") from None
+  if v is None:
+    return
+  bad = math.isnan(v)
+  if low is not None:
+    bad |= v <= low if low_open else v < low
+  if high is not None:
+    bad |= v >= high if high_open else v > high
+  if bad:
+    lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    raise ValueError(
+        f"{fn}: {name} must be in {lo}, {hi}, got {v!r}." + (f" {fix}" if fix else "")
+    )
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """A key path as ``a/b/0`` (the spelling used across optaxtra)."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return "/".join(parts) if parts else "<root>"
+
+
+def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> None:
+  """Raises ``ValueError`` unless ``updates`` has ``reference``'s tree and shapes.
+
+  A gradient of another shape would otherwise be silently broadcast against
+  the optimizer's moments.
+  """
+  u_leaves, u_def = jax.tree_util.tree_flatten_with_path(updates)
+  r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
+  if u_def != r_def:
+    u_paths = {path_str(p) for p, _ in u_leaves}
+    r_paths = {path_str(p) for p, _ in r_leaves}
+    only_u = sorted(u_paths - r_paths)[:5]
+    only_r = sorted(r_paths - u_paths)[:5]
+    detail = ""
+    if only_u or only_r:
+      detail = f" Only in the updates: {only_u}; only in the {what}: {only_r}."
+    raise ValueError(
+        f"{fn}: the updates' tree does not match the {what} built by init."
+        f"{detail} Updates: {u_def}; {what}: {r_def}. Pass gradients with the "
+        "same structure as the params given to init, or call init again."
+    )
+  for (path, u), (_, r) in zip(u_leaves, r_leaves, strict=True):
+    if jnp.shape(u) != jnp.shape(r):
+      raise ValueError(
+          f"{fn}: the update for '{path_str(path)}' has shape {jnp.shape(u)} "
+          f"but the {what} for it has shape {jnp.shape(r)}. Pass a gradient of "
+          "the parameter's own shape (optaxtra never broadcasts updates)."
+      )
+
+
+def default_float() -> jnp.dtype:
+  """float32, or float64 when ``jax_enable_x64`` is on."""
+  return jnp.result_type(float)
+
+
+def check_flag(fn: str, name: str, value: Any) -> None:
+  """Raises ``TypeError`` unless ``value`` is a Python (or NumPy) bool."""
+  if not isinstance(value, bool | np.bool_):
+    raise TypeError(
+        f"{fn}: {name} must be True or False, got {value!r}. It selects code "
+        "at trace time, so it cannot be an array; with optax.inject_hyperparams "
+        f"pass it as a Python bool or list it in static_args."
+    )

@@ -1,0 +1,197 @@
+"""Learning-rate stages whose state records the value each update used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optaxtra import _checks
+from optaxtra._dtypes import compute_dtype
+
+
+class ScaleByScheduleState(NamedTuple):
+  """State of :func:`optaxtra.scale_by_schedule`.
+
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    step_size: the step size the most recent update multiplied by; before the
+      first update, the one the first update will use.
+  """
+
+  count: jax.Array
+  step_size: jax.Array
+
+
+class ScaleByLearningRateState(NamedTuple):
+  """State of :func:`optaxtra.scale_by_learning_rate`.
+
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    learning_rate: the (positive) learning rate the most recent update used;
+      before the first update, the one the first update will use.
+  """
+
+  count: jax.Array
+  learning_rate: jax.Array
+
+
+def _scalar(fn: str, name: str, value) -> jax.Array:
+  """A schedule's value as a scalar array in its own floating precision."""
+  v = jnp.asarray(value)
+  if v.ndim != 0:
+    raise ValueError(f"{fn}: {name} must give a scalar, got shape {v.shape}.")
+  if not jnp.issubdtype(v.dtype, jnp.floating):
+    v = v.astype(_checks.default_float())
+  return v
+
+
+def _check_nonnegative(fn: str, name: str, value: jax.Array, count: int) -> None:
+  if not _checks.is_traced(value) and float(value) < 0:
+    raise ValueError(
+        f"{fn}: {name} at step {count} is {float(value)!r}; it must be >= 0. "
+        "To follow the gradient upwards use flip_sign=False instead."
+    )
+
+
+def _scale(updates, step_size: jax.Array):
+  def leaf(g):
+    dt = compute_dtype(g, step_size)
+    return (g.astype(dt) * step_size.astype(dt)).astype(g.dtype)
+
+  return jax.tree.map(leaf, updates)
+
+
+def _stage(
+    fn: str,
+    name: str,
+    value_fn: Callable[[jax.Array], jax.Array],
+    sign: float,
+    state_cls: type,
+    *,
+    nonnegative: bool,
+) -> optax.GradientTransformation:
+  """A stage that multiplies by ``sign * value_fn(count)`` and records it."""
+  fdt = _checks.default_float()
+
+  def init_fn(params):
+    del params
+    count = jnp.zeros([], jnp.int32)
+    value = _scalar(fn, name, value_fn(count))
+    if nonnegative:
+      _check_nonnegative(fn, name, value, 0)
+    return state_cls(count, value.astype(fdt))
+
+  def update_fn(updates, state, params=None):
+    del params
+    value = _scalar(fn, name, value_fn(state.count))
+    factor = value if sign == 1 else -value
+    return _scale(updates, factor), state_cls(
+        optax.safe_increment(state.count), value.astype(fdt)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_schedule(
+    step_size_fn: Callable[[jax.Array], jax.Array],
+) -> optax.GradientTransformation:
+  """Scales updates by a schedule's value at the update count.
+
+  As :func:`optax.scale_by_schedule`: the ``n``-th update (counting from 0) is
+  multiplied by ``step_size_fn(n)``. The state also records that value as
+  ``step_size``, so that the step size the last update used can be read back
+  (see :func:`optaxtra.inspect`).
+
+  Args:
+    step_size_fn: a function from the int32 update count to a scalar.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`optaxtra.ScaleByScheduleState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optaxtra
+    >>> tx = optaxtra.scale_by_schedule(lambda n: 0.5**n)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(jnp.ones(2), state)
+    >>> updates, state.step_size  # the third update used 0.5**2
+    (Array([0.25, 0.25], dtype=float32), Array(0.25, dtype=float32))
+
+  References:
+    Optax, :func:`optax.scale_by_schedule`.
+  """
+  if not callable(step_size_fn):
+    raise TypeError(
+        "scale_by_schedule: step_size_fn must be a function of the step count, "
+        f"got {step_size_fn!r}. For a constant use optax.scale or "
+        "optaxtra.scale_by_learning_rate."
+    )
+  return _stage(
+      "scale_by_schedule", "step_size_fn", step_size_fn, 1.0, ScaleByScheduleState,
+      nonnegative=False,
+  )
+
+
+def scale_by_learning_rate(
+    learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array],
+    *,
+    flip_sign: bool = True,
+) -> optax.GradientTransformation:
+  """Scales updates by the (negative) learning rate, a constant or a schedule.
+
+  As :func:`optax.scale_by_learning_rate`: the ``n``-th update (counting from 0)
+  is multiplied by ``-learning_rate(n)`` (``+`` with ``flip_sign=False``). The
+  state records the learning rate the last update used, positive, as
+  ``learning_rate``; before the first update it holds the one the first update
+  will use. A float learning rate works under :func:`optax.inject_hyperparams`,
+  traced or not.
+
+  Args:
+    learning_rate: a non-negative float, or a schedule from the int32 update
+      count to a non-negative scalar.
+    flip_sign: multiply by ``-learning_rate`` (descent); False multiplies by
+      ``+learning_rate``.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`optaxtra.ScaleByLearningRateState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optaxtra
+    >>> tx = optaxtra.scale_by_learning_rate(lambda n: 0.1 / (n + 1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> state.learning_rate  # what the first update will use
+    Array(0.1, dtype=float32)
+    >>> updates, state = tx.update(jnp.ones(2), state)
+    >>> updates, state.learning_rate  # what the first update used
+    (Array([-0.1, -0.1], dtype=float32), Array(0.1, dtype=float32))
+    >>> updates, state = tx.update(jnp.ones(2), state)
+    >>> updates, state.learning_rate
+    (Array([-0.05, -0.05], dtype=float32), Array(0.05, dtype=float32))
+
+  References:
+    Optax, :func:`optax.scale_by_learning_rate`.
+  """
+  fn = "scale_by_learning_rate"
+  _checks.check_flag(fn, "flip_sign", flip_sign)
+  if callable(learning_rate):
+    value_fn = learning_rate
+  else:
+    _checks.check_scalar(
+        fn, "learning_rate", learning_rate, low=0.0, high=None,
+        fix="To follow the gradient upwards use flip_sign=False instead.",
+    )
+    def value_fn(count):
+      del count
+      return learning_rate
+  sign = -1.0 if flip_sign else 1.0
+  return _stage(
+      fn, "learning_rate", value_fn, sign, ScaleByLearningRateState, nonnegative=True
+  )

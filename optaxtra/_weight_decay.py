@@ -1,0 +1,169 @@
+"""Decoupled weight decay with an explicit coupling to the learning rate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optaxtra import _checks
+from optaxtra._dtypes import compute_dtype
+from optaxtra._tree_mask import resolve_mask
+
+_FN = "add_decayed_weights_decoupled"
+
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+
+class AddDecayedWeightsDecoupledState(NamedTuple):
+  """State of :func:`optaxtra.add_decayed_weights_decoupled`.
+
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    weight_decay: the per-step decay rate the most recent update applied,
+      ``weight_decay(t) * schedule(t)``; before the first update, the rate the
+      first update will apply.
+  """
+
+  count: jax.Array
+  weight_decay: jax.Array
+
+
+def _value(v: ScalarOrSchedule | None, count: jax.Array) -> Any:
+  if v is None:
+    return 1.0
+  return v(count) if callable(v) else v
+
+
+def add_decayed_weights_decoupled(
+    weight_decay: ScalarOrSchedule,
+    *,
+    schedule: ScalarOrSchedule | None = None,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+) -> optax.GradientTransformation:
+  r"""Adds decoupled weight decay, ``-weight_decay(t) * schedule(t) * params``.
+
+  Place it *after* the learning-rate stage: it adds the decay directly to the
+  parameter change, so the decay never passes through the adaptive moments
+  (Loshchilov & Hutter's "decoupled" weight decay, unlike
+  :func:`optax.add_decayed_weights` placed before the learning rate, which is
+  L2 regularisation for SGD and something else for Adam).
+
+  ``schedule`` is the :math:`\eta_t` of Loshchilov & Hutter and sets how the
+  decay is coupled to the learning rate:
+
+  ======================================================  =====================
+  behaviour of                                            pass
+  ======================================================  =====================
+  PyTorch ``AdamW``, Keras ``AdamW``, ``optax.adamw``,    ``schedule=lr``
+  BERT's ``AdamWeightDecayOptimizer`` (decay scaled by
+  the full learning rate)
+  the paper, Composer ``DecoupledAdamW``, big_vision      ``schedule=lambda t:
+  (decay follows the schedule's shape, not the base lr)   lr(t) / peak_lr``
+  TF-Addons ``AdamW`` (decay independent of the lr)       ``schedule=None``
+  ======================================================  =====================
+
+  With the PyTorch coupling and ``lr = 1e-3``, ``weight_decay = 1e-2`` decays
+  the weights by ``1e-5`` of themselves per step, exactly as
+  ``torch.optim.AdamW(lr=1e-3, weight_decay=1e-2)`` does.
+
+  Args:
+    weight_decay: the non-negative decay coefficient, a float or a schedule
+      (int32 step -> value).
+    schedule: the multiplier ``eta_t``, a float or a schedule; None means 1.
+    mask: which parameters to decay: a tree of bools with the params'
+      structure (or a prefix of it), or a function params -> such a tree, as
+      :func:`optaxtra.masks.path_mask` returns. None decays every parameter.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`optaxtra.AddDecayedWeightsDecoupledState`. Its ``update`` needs the
+    params and raises ``ValueError`` without them.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax, optaxtra
+    >>> lr = optax.linear_schedule(1e-2, 0.0, 100)
+    >>> tx = optax.chain(
+    ...     optaxtra.scale_by_adam(),
+    ...     optaxtra.scale_by_learning_rate(lr),
+    ...     optaxtra.add_decayed_weights_decoupled(0.1, schedule=lr,
+    ...                                            mask={"w": True, "b": False}),
+    ... )
+    >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, state, params)
+    >>> updates["w"], updates["b"]  # only w decays, by 0.1 * lr(0) of itself
+    (Array([-0.001, -0.001], dtype=float32), Array([0., 0.], dtype=float32))
+    >>> state[2].weight_decay
+    Array(0.001, dtype=float32)
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  _checks.check_scalar(_FN, "weight_decay", weight_decay, low=0.0, high=None)
+  if schedule is not None:
+    _checks.check_scalar(_FN, "schedule", schedule, low=0.0, high=None)
+  fdt = _checks.default_float()
+  zero = (
+      not callable(weight_decay)
+      and not _checks.is_traced(weight_decay)
+      and _checks.concrete_scalar(weight_decay) == 0.0
+  )
+
+  def rate(count):
+    r = jnp.asarray(_value(weight_decay, count)) * jnp.asarray(_value(schedule, count))
+    if r.ndim != 0:
+      raise ValueError(f"{_FN}: weight_decay * schedule must be a scalar, got shape {r.shape}.")
+    if not jnp.issubdtype(r.dtype, jnp.floating):
+      r = r.astype(fdt)
+    return r
+
+  def init_fn(params):
+    if mask is not None:
+      resolve_mask(_FN, mask, params)
+    r = rate(jnp.zeros([], jnp.int32))
+    if not _checks.is_traced(r) and float(r) < 0:
+      raise ValueError(
+          f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; both must "
+          "give non-negative values."
+      )
+    return AddDecayedWeightsDecoupledState(jnp.zeros([], jnp.int32), r.astype(fdt))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          f"{_FN} needs the params to decay them: call "
+          "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
+      )
+    _checks.check_updates_match(_FN, updates, params, "params")
+    r = rate(state.count)
+    new_state = AddDecayedWeightsDecoupledState(
+        optax.safe_increment(state.count), r.astype(fdt)
+    )
+    if zero:
+      return updates, new_state
+    flags = (
+        resolve_mask(_FN, mask, params)
+        if mask is not None
+        else [True] * len(jax.tree.leaves(params))
+    )
+
+    def leaf(u, p):
+      dt = compute_dtype(u, p, r)
+      return (u.astype(dt) - r.astype(dt) * p.astype(dt)).astype(u.dtype)
+
+    treedef = jax.tree.structure(params)
+    out = [
+        leaf(u, p) if f else u
+        for u, p, f in zip(
+            jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
+        )
+    ]
+    return treedef.unflatten(out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)

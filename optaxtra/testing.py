@@ -1,0 +1,1 @@
+"""Checks for custom gradient transformations (in progress)."""
