@@ -11,33 +11,33 @@ from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_
 from optaxtra._alias import adamax_clipped, decay_schedule
 from optaxtra._inspect import inspect
 from optaxtra._learning_rate import (
-    ScaleByLearningRateState,
-    ScaleByScheduleState,
-    scale_by_learning_rate,
-    scale_by_schedule,
+  ScaleByLearningRateState,
+  ScaleByScheduleState,
+  scale_by_learning_rate,
+  scale_by_schedule,
 )
 from optaxtra._weight_decay import (
-    AddDecayedWeightsDecoupledState,
-    add_decayed_weights_decoupled,
+  AddDecayedWeightsDecoupledState,
+  add_decayed_weights_decoupled,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AddDecayedWeightsDecoupledState",
-    "ScaleByAdamState",
-    "ScaleByAdamaxClippedState",
-    "ScaleByLearningRateState",
-    "ScaleByScheduleState",
-    "adamax_clipped",
-    "add_decayed_weights_decoupled",
-    "decay_schedule",
-    "inspect",
-    "masks",
-    "scale_by_adam",
-    "scale_by_adamax_clipped",
-    "scale_by_learning_rate",
-    "scale_by_schedule",
-    "schedules",
-    "testing",
+  "AddDecayedWeightsDecoupledState",
+  "ScaleByAdamState",
+  "ScaleByAdamaxClippedState",
+  "ScaleByLearningRateState",
+  "ScaleByScheduleState",
+  "adamax_clipped",
+  "add_decayed_weights_decoupled",
+  "decay_schedule",
+  "inspect",
+  "masks",
+  "scale_by_adam",
+  "scale_by_adamax_clipped",
+  "scale_by_learning_rate",
+  "scale_by_schedule",
+  "schedules",
+  "testing",
 ]

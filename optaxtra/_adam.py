@@ -35,13 +35,13 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(
-    b1: float | jax.Array = 0.9,
-    b2: float | jax.Array = 0.999,
-    eps: float | jax.Array = 1e-8,
-    eps_root: float | jax.Array = 0.0,
-    *,
-    bias_correction: bool = True,
-    mu_dtype: Any | None = None,
+  b1: float | jax.Array = 0.9,
+  b2: float | jax.Array = 0.999,
+  eps: float | jax.Array = 1e-8,
+  eps_root: float | jax.Array = 0.0,
+  *,
+  bias_correction: bool = True,
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam, with the bias correction optional.
 
@@ -99,10 +99,10 @@ def scale_by_adam(
 
   def init_fn(params):
     return ScaleByAdamState(
-        count=jnp.zeros([], jnp.int32),
-        mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params),
-        nu=jax.tree.map(jnp.zeros_like, params),
-        bias_correction=jnp.ones([], _checks.default_float()),
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params),
+      nu=jax.tree.map(jnp.zeros_like, params),
+      bias_correction=jnp.ones([], _checks.default_float()),
     )
 
   def update_fn(updates, state, params=None):
@@ -121,18 +121,20 @@ def scale_by_adam(
         t = count.astype(dt)
         mu_hat = mu_new / (1 - b1_**t)
         nu_hat = nu_new / (1 - b2_**t)
-      out = mu_hat / (jnp.sqrt(nu_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt))
+      out = mu_hat / (
+        jnp.sqrt(nu_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt)
+      )
       return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 
     treedef = jax.tree.structure(state.mu)
     outs = [
-        leaf(g, m, v)
-        for g, m, v in zip(
-            jax.tree.leaves(updates),
-            jax.tree.leaves(state.mu),
-            jax.tree.leaves(state.nu),
-            strict=True,
-        )
+      leaf(g, m, v)
+      for g, m, v in zip(
+        jax.tree.leaves(updates),
+        jax.tree.leaves(state.mu),
+        jax.tree.leaves(state.nu),
+        strict=True,
+      )
     ]
     new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
     fdt = _checks.default_float()
@@ -142,7 +144,7 @@ def scale_by_adam(
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamState(
-        count=count, mu=mu, nu=nu, bias_correction=bc.astype(fdt)
+      count=count, mu=mu, nu=nu, bias_correction=bc.astype(fdt)
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -36,16 +36,16 @@ class ScaleByAdamaxClippedState(NamedTuple):
 
 
 def scale_by_adamax_clipped(
-    b1: float | jax.Array = 0.9,
-    b2: float | jax.Array = 0.999,
-    eps: float | jax.Array = 1e-8,
-    *,
-    clip_multiplier: float | jax.Array = 1.2,
-    clip_epsilon: float | jax.Array = 1e-4,
-    clip: bool = True,
-    bias_correction: bool = False,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+  b1: float | jax.Array = 0.9,
+  b2: float | jax.Array = 0.999,
+  eps: float | jax.Array = 1e-8,
+  *,
+  clip_multiplier: float | jax.Array = 1.2,
+  clip_epsilon: float | jax.Array = 1e-4,
+  clip: bool = True,
+  bias_correction: bool = False,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adamax, clipping each gradient to its running maximum.
 
@@ -121,8 +121,13 @@ def scale_by_adamax_clipped(
   _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0)
   _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None)
   _checks.check_scalar(
-      _FN, "clip_multiplier", clip_multiplier, low=0.0, low_open=True, high=None,
-      fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
+    _FN,
+    "clip_multiplier",
+    clip_multiplier,
+    low=0.0,
+    low_open=True,
+    high=None,
+    fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
   )
   _checks.check_scalar(_FN, "clip_epsilon", clip_epsilon, low=0.0, high=None)
   _checks.check_flag(_FN, "clip", clip)
@@ -134,11 +139,11 @@ def scale_by_adamax_clipped(
     mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
     nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype), params)
     return ScaleByAdamaxClippedState(
-        count=jnp.zeros([], jnp.int32),
-        mu=mu,
-        nu=nu,
-        clip_fraction=jnp.zeros([], jnp.float32),
-        bias_correction=jnp.ones([], _checks.default_float()),
+      count=jnp.zeros([], jnp.int32),
+      mu=mu,
+      nu=nu,
+      clip_fraction=jnp.zeros([], jnp.float32),
+      bias_correction=jnp.ones([], _checks.default_float()),
     )
 
   def update_fn(updates, state, params=None):
@@ -162,21 +167,28 @@ def scale_by_adamax_clipped(
       if bias_correction:
         mu_hat = mu_new / (1 - b1_ ** count.astype(dt))
       out = mu_hat / (nu_new + jnp.asarray(eps, dt))
-      return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype), n_clipped
+      return (
+        out.astype(g.dtype),
+        mu_new.astype(mu.dtype),
+        nu_new.astype(nu.dtype),
+        n_clipped,
+      )
 
     treedef = jax.tree.structure(state.mu)
     outs = [
-        leaf(g, m, v)
-        for g, m, v in zip(
-            jax.tree.leaves(updates),
-            jax.tree.leaves(state.mu),
-            jax.tree.leaves(state.nu),
-            strict=True,
-        )
+      leaf(g, m, v)
+      for g, m, v in zip(
+        jax.tree.leaves(updates),
+        jax.tree.leaves(state.mu),
+        jax.tree.leaves(state.nu),
+        strict=True,
+      )
     ]
     new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
     total = sum(int(jnp.size(g)) for g in jax.tree.leaves(updates))
-    n_clipped = sum((o[3].astype(jnp.float32) for o in outs), jnp.zeros([], jnp.float32))
+    n_clipped = sum(
+      (o[3].astype(jnp.float32) for o in outs), jnp.zeros([], jnp.float32)
+    )
     clip_fraction = n_clipped / max(total, 1)
     fdt = _checks.default_float()
     if bias_correction:
@@ -184,11 +196,11 @@ def scale_by_adamax_clipped(
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamaxClippedState(
-        count=count,
-        mu=mu,
-        nu=nu,
-        clip_fraction=clip_fraction.astype(jnp.float32),
-        bias_correction=bc.astype(fdt),
+      count=count,
+      mu=mu,
+      nu=nu,
+      clip_fraction=clip_fraction.astype(jnp.float32),
+      bias_correction=bc.astype(fdt),
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

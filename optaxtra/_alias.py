@@ -18,11 +18,11 @@ _COUPLINGS = ("learning_rate", "normalized", "independent")
 
 
 def decay_schedule(
-    learning_rate: ScalarOrSchedule,
-    coupling: Coupling,
-    peak_learning_rate: float | None = None,
-    *,
-    fn: str = "decay_schedule",
+  learning_rate: ScalarOrSchedule,
+  coupling: Coupling,
+  peak_learning_rate: float | None = None,
+  *,
+  fn: str = "decay_schedule",
 ) -> ScalarOrSchedule | None:
   """The ``schedule`` argument of the decoupled decay for a named coupling.
 
@@ -53,7 +53,7 @@ def decay_schedule(
   """
   if coupling not in _COUPLINGS:
     raise ValueError(
-        f"{fn}: weight_decay_coupling must be one of {_COUPLINGS}, got {coupling!r}."
+      f"{fn}: weight_decay_coupling must be one of {_COUPLINGS}, got {coupling!r}."
     )
   if coupling == "learning_rate":
     return learning_rate
@@ -62,34 +62,35 @@ def decay_schedule(
   if peak_learning_rate is None:
     if callable(learning_rate):
       raise ValueError(
-          f"{fn}: weight_decay_coupling='normalized' with a learning-rate "
-          "schedule needs peak_learning_rate (the value the schedule is "
-          "normalised by, usually its maximum)."
+        f"{fn}: weight_decay_coupling='normalized' with a learning-rate "
+        "schedule needs peak_learning_rate (the value the schedule is "
+        "normalised by, usually its maximum)."
       )
     return None  # a constant learning rate normalised by itself is 1
-  _checks.check_scalar(fn, "peak_learning_rate", peak_learning_rate, low=0.0,
-                       low_open=True, high=None)
+  _checks.check_scalar(
+    fn, "peak_learning_rate", peak_learning_rate, low=0.0, low_open=True, high=None
+  )
   if callable(learning_rate):
     return lambda count: learning_rate(count) / peak_learning_rate
   return learning_rate / peak_learning_rate
 
 
 def adamax_clipped(
-    learning_rate: ScalarOrSchedule,
-    b1: float | jax.Array = 0.9,
-    b2: float | jax.Array = 0.999,
-    eps: float | jax.Array = 1e-8,
-    *,
-    clip_multiplier: float | jax.Array = 1.2,
-    clip_epsilon: float | jax.Array = 1e-4,
-    clip: bool = True,
-    bias_correction: bool = False,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_coupling: Coupling = "learning_rate",
-    peak_learning_rate: float | None = None,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  learning_rate: ScalarOrSchedule,
+  b1: float | jax.Array = 0.9,
+  b2: float | jax.Array = 0.999,
+  eps: float | jax.Array = 1e-8,
+  *,
+  clip_multiplier: float | jax.Array = 1.2,
+  clip_epsilon: float | jax.Array = 1e-4,
+  clip: bool = True,
+  bias_correction: bool = False,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay_coupling: Coupling = "learning_rate",
+  peak_learning_rate: float | None = None,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Neural-GPU clipped Adamax, with a learning rate and decoupled decay.
 
@@ -161,20 +162,22 @@ def adamax_clipped(
   """
   fn = "adamax_clipped"
   schedule = decay_schedule(
-      learning_rate, weight_decay_coupling, peak_learning_rate, fn=fn
+    learning_rate, weight_decay_coupling, peak_learning_rate, fn=fn
   )
   return optax.chain(
-      scale_by_adamax_clipped(
-          b1, b2, eps,
-          clip_multiplier=clip_multiplier,
-          clip_epsilon=clip_epsilon,
-          clip=clip,
-          bias_correction=bias_correction,
-          mu_dtype=mu_dtype,
-          nu_dtype=nu_dtype,
-      ),
-      scale_by_learning_rate(learning_rate),
-      add_decayed_weights_decoupled(
-          weight_decay, schedule=schedule, mask=weight_decay_mask
-      ),
+    scale_by_adamax_clipped(
+      b1,
+      b2,
+      eps,
+      clip_multiplier=clip_multiplier,
+      clip_epsilon=clip_epsilon,
+      clip=clip,
+      bias_correction=bias_correction,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+    ),
+    scale_by_learning_rate(learning_rate),
+    add_decayed_weights_decoupled(
+      weight_decay, schedule=schedule, mask=weight_decay_mask
+    ),
   )

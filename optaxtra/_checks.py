@@ -32,15 +32,15 @@ def concrete_scalar(value: Any) -> float | None:
 
 
 def check_scalar(
-    fn: str,
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = True,
-    fix: str = "",
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = True,
+  fix: str = "",
 ) -> None:
   """Raises ``ValueError`` when a concrete scalar lies outside its range.
 
@@ -56,7 +56,7 @@ def check_scalar(
   """
   if value is None or isinstance(value, bool):
     raise TypeError(
-        f"{fn}: {name} must be a number, got {value!r}." + (f" {fix}" if fix else "")
+      f"{fn}: {name} must be a number, got {value!r}." + (f" {fix}" if fix else "")
     )
   try:
     v = concrete_scalar(value)
@@ -73,7 +73,7 @@ def check_scalar(
     lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     raise ValueError(
-        f"{fn}: {name} must be in {lo}, {hi}, got {v!r}." + (f" {fix}" if fix else "")
+      f"{fn}: {name} must be in {lo}, {hi}, got {v!r}." + (f" {fix}" if fix else "")
     )
 
 
@@ -111,16 +111,16 @@ def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> Non
     if only_u or only_r:
       detail = f" Only in the updates: {only_u}; only in the {what}: {only_r}."
     raise ValueError(
-        f"{fn}: the updates' tree does not match the {what} built by init."
-        f"{detail} Updates: {u_def}; {what}: {r_def}. Pass gradients with the "
-        "same structure as the params given to init, or call init again."
+      f"{fn}: the updates' tree does not match the {what} built by init."
+      f"{detail} Updates: {u_def}; {what}: {r_def}. Pass gradients with the "
+      "same structure as the params given to init, or call init again."
     )
   for (path, u), (_, r) in zip(u_leaves, r_leaves, strict=True):
     if jnp.shape(u) != jnp.shape(r):
       raise ValueError(
-          f"{fn}: the update for '{path_str(path)}' has shape {jnp.shape(u)} "
-          f"but the {what} for it has shape {jnp.shape(r)}. Pass a gradient of "
-          "the parameter's own shape (optaxtra never broadcasts updates)."
+        f"{fn}: the update for '{path_str(path)}' has shape {jnp.shape(u)} "
+        f"but the {what} for it has shape {jnp.shape(r)}. Pass a gradient of "
+        "the parameter's own shape (optaxtra never broadcasts updates)."
       )
 
 
@@ -133,7 +133,7 @@ def check_flag(fn: str, name: str, value: Any) -> None:
   """Raises ``TypeError`` unless ``value`` is a Python (or NumPy) bool."""
   if not isinstance(value, bool | np.bool_):
     raise TypeError(
-        f"{fn}: {name} must be True or False, got {value!r}. It selects code "
-        "at trace time, so it cannot be an array; with optax.inject_hyperparams "
-        f"pass it as a Python bool or list it in static_args."
+      f"{fn}: {name} must be True or False, got {value!r}. It selects code "
+      "at trace time, so it cannot be an array; with optax.inject_hyperparams "
+      f"pass it as a Python bool or list it in static_args."
     )

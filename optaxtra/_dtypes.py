@@ -15,13 +15,13 @@ def canonical_float_dtype(fn: str, name: str, dtype: Any | None) -> Any | None:
     dt = jnp.dtype(dtype)
   except TypeError:
     raise TypeError(
-        f"{fn}: {name}={dtype!r} is not a dtype. Pass e.g. jnp.float32, "
-        "jnp.bfloat16 or None (the params' dtype)."
+      f"{fn}: {name}={dtype!r} is not a dtype. Pass e.g. jnp.float32, "
+      "jnp.bfloat16 or None (the params' dtype)."
     ) from None
   if not jnp.issubdtype(dt, jnp.floating):
     raise TypeError(
-        f"{fn}: {name} must be a floating dtype, got {dt}. Pass e.g. "
-        "jnp.float32, jnp.bfloat16 or None (the params' dtype)."
+      f"{fn}: {name} must be a floating dtype, got {dt}. Pass e.g. "
+      "jnp.float32, jnp.bfloat16 or None (the params' dtype)."
     )
   return dt
 

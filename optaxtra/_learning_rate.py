@@ -52,8 +52,8 @@ def _scalar(fn: str, name: str, value) -> jax.Array:
 def _check_nonnegative(fn: str, name: str, value: jax.Array, count: int) -> None:
   if not _checks.is_traced(value) and float(value) < 0:
     raise ValueError(
-        f"{fn}: {name} at step {count} is {float(value)!r}; it must be >= 0. "
-        "To follow the gradient upwards use flip_sign=False instead."
+      f"{fn}: {name} at step {count} is {float(value)!r}; it must be >= 0. "
+      "To follow the gradient upwards use flip_sign=False instead."
     )
 
 
@@ -66,13 +66,13 @@ def _scale(updates, step_size: jax.Array):
 
 
 def _stage(
-    fn: str,
-    name: str,
-    value_fn: Callable[[jax.Array], jax.Array],
-    sign: float,
-    state_cls: type,
-    *,
-    nonnegative: bool,
+  fn: str,
+  name: str,
+  value_fn: Callable[[jax.Array], jax.Array],
+  sign: float,
+  state_cls: type,
+  *,
+  nonnegative: bool,
 ) -> optax.GradientTransformation:
   """A stage that multiplies by ``sign * value_fn(count)`` and records it."""
   fdt = _checks.default_float()
@@ -90,14 +90,14 @@ def _stage(
     value = _scalar(fn, name, value_fn(state.count))
     factor = value if sign == 1 else -value
     return _scale(updates, factor), state_cls(
-        optax.safe_increment(state.count), value.astype(fdt)
+      optax.safe_increment(state.count), value.astype(fdt)
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_schedule(
-    step_size_fn: Callable[[jax.Array], jax.Array],
+  step_size_fn: Callable[[jax.Array], jax.Array],
 ) -> optax.GradientTransformation:
   """Scales updates by a schedule's value at the update count.
 
@@ -128,20 +128,24 @@ def scale_by_schedule(
   """
   if not callable(step_size_fn):
     raise TypeError(
-        "scale_by_schedule: step_size_fn must be a function of the step count, "
-        f"got {step_size_fn!r}. For a constant use optax.scale or "
-        "optaxtra.scale_by_learning_rate."
+      "scale_by_schedule: step_size_fn must be a function of the step count, "
+      f"got {step_size_fn!r}. For a constant use optax.scale or "
+      "optaxtra.scale_by_learning_rate."
     )
   return _stage(
-      "scale_by_schedule", "step_size_fn", step_size_fn, 1.0, ScaleByScheduleState,
-      nonnegative=False,
+    "scale_by_schedule",
+    "step_size_fn",
+    step_size_fn,
+    1.0,
+    ScaleByScheduleState,
+    nonnegative=False,
   )
 
 
 def scale_by_learning_rate(
-    learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array],
-    *,
-    flip_sign: bool = True,
+  learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array],
+  *,
+  flip_sign: bool = True,
 ) -> optax.GradientTransformation:
   """Scales updates by the (negative) learning rate, a constant or a schedule.
 
@@ -185,13 +189,19 @@ def scale_by_learning_rate(
     value_fn = learning_rate
   else:
     _checks.check_scalar(
-        fn, "learning_rate", learning_rate, low=0.0, high=None,
-        fix="To follow the gradient upwards use flip_sign=False instead.",
+      fn,
+      "learning_rate",
+      learning_rate,
+      low=0.0,
+      high=None,
+      fix="To follow the gradient upwards use flip_sign=False instead.",
     )
+
     def value_fn(count):
       del count
       return learning_rate
+
   sign = -1.0 if flip_sign else 1.0
   return _stage(
-      fn, "learning_rate", value_fn, sign, ScaleByLearningRateState, nonnegative=True
+    fn, "learning_rate", value_fn, sign, ScaleByLearningRateState, nonnegative=True
   )

@@ -18,14 +18,12 @@ def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
   """
   tree = mask(params) if callable(mask) else mask
   try:
-    full = jax.tree.map(
-        lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params
-    )
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"{fn}: mask does not fit the params' tree ({e}). Pass a tree of bools "
-        "with the params' structure (or a prefix of it), or a function "
-        "params -> such a tree, e.g. optaxtra.masks.path_mask(exclude=['bias'])."
+      f"{fn}: mask does not fit the params' tree ({e}). Pass a tree of bools "
+      "with the params' structure (or a prefix of it), or a function "
+      "params -> such a tree, e.g. optaxtra.masks.path_mask(exclude=['bias'])."
     ) from None
   flags = []
   for m in jax.tree.leaves(full):
@@ -34,14 +32,14 @@ def resolve_mask(fn: str, mask: Any, params: Any) -> list[bool]:
     elif isinstance(m, np.ndarray | jax.Array) and m.shape == () and m.dtype == bool:
       if isinstance(m, jax.core.Tracer):
         raise TypeError(
-            f"{fn}: mask leaves must be known at trace time, got a traced "
-            "boolean. Build the mask from the params' structure, not their values."
+          f"{fn}: mask leaves must be known at trace time, got a traced "
+          "boolean. Build the mask from the params' structure, not their values."
         )
       flags.append(bool(m))
     else:
       raise TypeError(
-          f"{fn}: mask leaves must be True or False, got {m!r}. A per-entry mask "
-          "is not supported: mask whole parameters."
+        f"{fn}: mask leaves must be True or False, got {m!r}. A per-entry mask "
+        "is not supported: mask whole parameters."
       )
   n = len(jax.tree.leaves(params))
   if len(flags) != n:  # a leaf of params was None-like in one tree only

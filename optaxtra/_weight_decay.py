@@ -39,10 +39,10 @@ def _value(v: ScalarOrSchedule | None, count: jax.Array) -> Any:
 
 
 def add_decayed_weights_decoupled(
-    weight_decay: ScalarOrSchedule,
-    *,
-    schedule: ScalarOrSchedule | None = None,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
+  weight_decay: ScalarOrSchedule,
+  *,
+  schedule: ScalarOrSchedule | None = None,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Adds decoupled weight decay, ``-weight_decay(t) * schedule(t) * params``.
 
@@ -110,15 +110,17 @@ def add_decayed_weights_decoupled(
     _checks.check_scalar(_FN, "schedule", schedule, low=0.0, high=None)
   fdt = _checks.default_float()
   zero = (
-      not callable(weight_decay)
-      and not _checks.is_traced(weight_decay)
-      and _checks.concrete_scalar(weight_decay) == 0.0
+    not callable(weight_decay)
+    and not _checks.is_traced(weight_decay)
+    and _checks.concrete_scalar(weight_decay) == 0.0
   )
 
   def rate(count):
     r = jnp.asarray(_value(weight_decay, count)) * jnp.asarray(_value(schedule, count))
     if r.ndim != 0:
-      raise ValueError(f"{_FN}: weight_decay * schedule must be a scalar, got shape {r.shape}.")
+      raise ValueError(
+        f"{_FN}: weight_decay * schedule must be a scalar, got shape {r.shape}."
+      )
     if not jnp.issubdtype(r.dtype, jnp.floating):
       r = r.astype(fdt)
     return r
@@ -129,28 +131,28 @@ def add_decayed_weights_decoupled(
     r = rate(jnp.zeros([], jnp.int32))
     if not _checks.is_traced(r) and float(r) < 0:
       raise ValueError(
-          f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; both must "
-          "give non-negative values."
+        f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; both must "
+        "give non-negative values."
       )
     return AddDecayedWeightsDecoupledState(jnp.zeros([], jnp.int32), r.astype(fdt))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
-          f"{_FN} needs the params to decay them: call "
-          "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
+        f"{_FN} needs the params to decay them: call "
+        "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
       )
     _checks.check_updates_match(_FN, updates, params, "params")
     r = rate(state.count)
     new_state = AddDecayedWeightsDecoupledState(
-        optax.safe_increment(state.count), r.astype(fdt)
+      optax.safe_increment(state.count), r.astype(fdt)
     )
     if zero:
       return updates, new_state
     flags = (
-        resolve_mask(_FN, mask, params)
-        if mask is not None
-        else [True] * len(jax.tree.leaves(params))
+      resolve_mask(_FN, mask, params)
+      if mask is not None
+      else [True] * len(jax.tree.leaves(params))
     )
 
     def leaf(u, p):
@@ -159,10 +161,10 @@ def add_decayed_weights_decoupled(
 
     treedef = jax.tree.structure(params)
     out = [
-        leaf(u, p) if f else u
-        for u, p, f in zip(
-            jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
-        )
+      leaf(u, p) if f else u
+      for u, p, f in zip(
+        jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
+      )
     ]
     return treedef.unflatten(out), new_state
 
