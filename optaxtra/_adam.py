@@ -81,7 +81,7 @@ def scale_by_adam(
     >>> state = tx.init({"w": jnp.zeros(2)})
     >>> updates, state = tx.update({"w": jnp.array([0.5, -2.0])}, state)
     >>> updates["w"]  # 0.1 * g / sqrt(0.001 * g**2): uncorrected moments
-    Array([ 3.16227...,  -3.16227...], dtype=float32)
+    Array([ 3.16..., -3.16...], dtype=float32)
 
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization

@@ -104,8 +104,8 @@ def scale_by_adamax_clipped(
     >>> params = {"w": jnp.zeros(3)}
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.array([1.0, -1e-5, 0.0])}, state)
-    >>> updates["w"]  # the first step is clipped to +-clip_epsilon
-    Array([ 0.09999..., -0.09999...,  0. ], dtype=float32)
+    >>> updates["w"]  # 1.0 is clipped to clip_epsilon=1e-4, -1e-5 is not
+    Array([ 0.0999..., -0.0999...,  0. ], dtype=float32)
     >>> state.clip_fraction  # one of the three entries was clipped
     Array(0.333..., dtype=float32)
 

@@ -95,7 +95,8 @@ def add_decayed_weights_decoupled(
     ... )
     >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
     >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, state, params)
+    >>> grads = {"w": jnp.zeros(2), "b": jnp.zeros(2)}
+    >>> updates, state = tx.update(grads, state, params)
     >>> updates["w"], updates["b"]  # only w decays, by 0.1 * lr(0) of itself
     (Array([-0.001, -0.001], dtype=float32), Array([0., 0.], dtype=float32))
     >>> state[2].weight_decay
