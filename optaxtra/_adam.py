@@ -62,6 +62,11 @@ def scale_by_adam(
   step, so that :func:`optaxtra.inspect` can report Adam's effective step size
   ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``.
 
+  The float hyperparameters must be float32 or wider (Python floats are):
+  :func:`optax.inject_hyperparams` casts them to the params' dtype, and in
+  bfloat16 ``b2=0.999`` becomes 1.0, so with bfloat16 or float16 params pass
+  ``hyperparam_dtype=jnp.float32`` to it; a narrower value raises ``TypeError``.
+
   Args:
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
@@ -90,10 +95,10 @@ def scale_by_adam(
     Devlin et al., `BERT <https://arxiv.org/abs/1810.04805>`_, 2019, and its
     ``optimization.py`` (``AdamWeightDecayOptimizer``).
   """
-  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0)
-  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0)
-  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None)
-  _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None)
+  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0, min_float32=True)
+  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0, min_float32=True)
+  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
+  _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None, min_float32=True)
   _checks.check_flag(_FN, "bias_correction", bias_correction)
   mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
 
@@ -108,6 +113,7 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
+    _checks.check_float_updates(_FN, updates)
     count = optax.safe_increment(state.count)
 
     def leaf(g, mu, nu):

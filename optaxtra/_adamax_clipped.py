@@ -79,6 +79,11 @@ def scale_by_adamax_clipped(
   learning rate stage (or use :func:`optaxtra.adamax_clipped`), and apply it
   with :func:`optax.apply_updates`.
 
+  The float hyperparameters must be float32 or wider (Python floats are):
+  :func:`optax.inject_hyperparams` casts them to the params' dtype, and in
+  bfloat16 ``b2=0.999`` becomes 1.0, so with bfloat16 or float16 params pass
+  ``hyperparam_dtype=jnp.float32`` to it; a narrower value raises ``TypeError``.
+
   Args:
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the running infinity norm, in [0, 1).
@@ -117,9 +122,9 @@ def scale_by_adamax_clipped(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015 (Adamax, Algorithm 2).
   """
-  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0)
-  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0)
-  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None)
+  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0, min_float32=True)
+  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0, min_float32=True)
+  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
   _checks.check_scalar(
     _FN,
     "clip_multiplier",
@@ -128,8 +133,11 @@ def scale_by_adamax_clipped(
     low_open=True,
     high=None,
     fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
+    min_float32=True,
   )
-  _checks.check_scalar(_FN, "clip_epsilon", clip_epsilon, low=0.0, high=None)
+  _checks.check_scalar(
+    _FN, "clip_epsilon", clip_epsilon, low=0.0, high=None, min_float32=True
+  )
   _checks.check_flag(_FN, "clip", clip)
   _checks.check_flag(_FN, "bias_correction", bias_correction)
   mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
@@ -149,6 +157,7 @@ def scale_by_adamax_clipped(
   def update_fn(updates, state, params=None):
     del params
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
+    _checks.check_float_updates(_FN, updates)
     count = optax.safe_increment(state.count)
 
     def leaf(g, mu, nu):

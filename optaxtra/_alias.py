@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
+import numpy as np
 import optax
 
 from optaxtra import _checks
@@ -55,16 +56,30 @@ def decay_schedule(
     raise ValueError(
       f"{fn}: weight_decay_coupling must be one of {_COUPLINGS}, got {coupling!r}."
     )
-  if coupling == "learning_rate":
-    return learning_rate
-  if coupling == "independent":
-    return None
+  if coupling != "normalized":
+    if peak_learning_rate is not None:
+      raise ValueError(
+        f"{fn}: peak_learning_rate is only used with "
+        f"weight_decay_coupling='normalized', got coupling {coupling!r}. "
+        "Drop peak_learning_rate, or choose the 'normalized' coupling."
+      )
+    return learning_rate if coupling == "learning_rate" else None
   if peak_learning_rate is None:
     if callable(learning_rate):
       raise ValueError(
         f"{fn}: weight_decay_coupling='normalized' with a learning-rate "
         "schedule needs peak_learning_rate (the value the schedule is "
         "normalised by, usually its maximum)."
+      )
+    if isinstance(learning_rate, jax.Array | np.ndarray):
+      # Inside optax.inject_hyperparams a schedule arrives here as its current
+      # value: normalising it by itself would silently give 1 at every step.
+      raise ValueError(
+        f"{fn}: weight_decay_coupling='normalized' with an array learning "
+        "rate needs peak_learning_rate. Inside optax.inject_hyperparams a "
+        "schedule arrives as its current value, so the peak cannot be "
+        "inferred; pass peak_learning_rate explicitly (or a Python float "
+        "learning rate)."
       )
     return None  # a constant learning rate normalised by itself is 1
   _checks.check_scalar(

@@ -22,12 +22,33 @@ def is_traced(value: Any) -> bool:
 
 
 def concrete_scalar(value: Any) -> float | None:
-  """``value`` as a Python float, or None when it is traced or a schedule."""
-  if callable(value) or is_traced(value):
+  """``value`` as a Python float, or None when it is traced or a schedule.
+
+  Raises ``TypeError`` for anything that is not a real number: strings (which
+  ``float`` would happily parse), booleans, complex numbers and arrays that
+  are not scalars (shape ``()``).
+  """
+  if callable(value):
     return None
-  arr = np.asarray(value)
-  if arr.ndim != 0:
-    raise TypeError(f"expected a scalar, got an array of shape {arr.shape}")
+  if isinstance(value, str | bytes):
+    raise TypeError(f"got the string {value!r}; pass a number, not a string")
+  if is_traced(value):
+    dtype = value.dtype
+  else:
+    try:
+      arr = np.asarray(value)
+    except (TypeError, ValueError):
+      raise TypeError(f"got {value!r}, which is not a number") from None
+    dtype = arr.dtype
+  # jnp.issubdtype knows bfloat16, whose NumPy dtype kind is 'V'.
+  if not (
+    jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  ) or jnp.issubdtype(dtype, jnp.bool_):
+    raise TypeError(f"got {value!r} of dtype {dtype}, not a real number")
+  if np.ndim(value) != 0:
+    raise TypeError(f"got an array of shape {np.shape(value)}, not a scalar")
+  if is_traced(value):
+    return None
   return float(arr)
 
 
@@ -41,6 +62,7 @@ def check_scalar(
   low_open: bool = False,
   high_open: bool = True,
   fix: str = "",
+  min_float32: bool = False,
 ) -> None:
   """Raises ``ValueError`` when a concrete scalar lies outside its range.
 
@@ -53,15 +75,20 @@ def check_scalar(
     low_open: whether ``low`` itself is excluded.
     high_open: whether ``high`` itself is excluded.
     fix: a hint appended to the message.
+    min_float32: also raise ``TypeError`` when ``value`` is a float array
+      narrower than float32 (see :func:`check_float32_or_wider`); checked on
+      tracers too, since their dtype is known at trace time.
   """
-  if value is None or isinstance(value, bool):
+  if value is None or isinstance(value, bool | np.bool_):
     raise TypeError(
       f"{fn}: {name} must be a number, got {value!r}." + (f" {fix}" if fix else "")
     )
   try:
     v = concrete_scalar(value)
   except TypeError as e:
-    raise TypeError(f"{fn}: {name} must be a scalar; {e}.") from None
+    raise TypeError(f"{fn}: {name} must be a real scalar; {e}.") from None
+  if min_float32:
+    check_float32_or_wider(fn, name, value)
   if v is None:
     return
   bad = math.isnan(v)
@@ -74,6 +101,28 @@ def check_scalar(
     hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     raise ValueError(
       f"{fn}: {name} must be in {lo}, {hi}, got {v!r}." + (f" {fix}" if fix else "")
+    )
+
+
+def check_float32_or_wider(fn: str, name: str, value: Any) -> None:
+  """Raises ``TypeError`` if ``value`` is a float array narrower than float32.
+
+  ``optax.inject_hyperparams`` casts float hyperparameters to the params'
+  dtype: with bfloat16 params ``b2=0.999`` arrives as 1.0 (Adam's second
+  moment then never moves and the updates blow up) and with float16 params
+  ``eps=1e-8`` arrives as 0. Such a value is rejected, traced or not, rather
+  than silently used.
+  """
+  dtype = getattr(value, "dtype", None)
+  if dtype is None or callable(value):
+    return
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    raise TypeError(
+      f"{fn}: {name} arrived as {dtype}, too narrow to hold it (in bfloat16 "
+      "0.999 rounds to 1.0, in float16 1e-8 rounds to 0). Pass it as a Python "
+      "float or a float32/float64 array; with optax.inject_hyperparams and "
+      "low-precision params, pass hyperparam_dtype=jnp.float32."
     )
 
 
@@ -119,8 +168,30 @@ def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> Non
     if jnp.shape(u) != jnp.shape(r):
       raise ValueError(
         f"{fn}: the update for '{path_str(path)}' has shape {jnp.shape(u)} "
-        f"but the {what} for it has shape {jnp.shape(r)}. Pass a gradient of "
-        "the parameter's own shape (optaxtra never broadcasts updates)."
+        f"but '{path_str(path)}' in the {what} has shape {jnp.shape(r)}. Pass "
+        "a gradient of the parameter's own shape (optaxtra never broadcasts "
+        "updates)."
+      )
+
+
+def check_float_updates(fn: str, updates: Any, *, complex_ok: bool = False) -> None:
+  """Raises ``TypeError`` unless every leaf of ``updates`` is a float array.
+
+  An integer gradient would otherwise be computed in float and cast back,
+  silently truncating the update to whole numbers.
+  """
+  for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    dtype = np.dtype(jnp.result_type(u))
+    ok = jnp.issubdtype(dtype, jnp.floating) or (
+      complex_ok and jnp.issubdtype(dtype, jnp.complexfloating)
+    )
+    if not ok:
+      kinds = "floating or complex" if complex_ok else "real floating"
+      raise TypeError(
+        f"{fn}: the update for '{path_str(path)}' has dtype {dtype}; updates "
+        f"must be {kinds} arrays. Compute gradients of float parameters "
+        "(jax.grad refuses integer inputs), or leave integer leaves out of "
+        "the optimizer with optax.masked or optax.partition."
       )
 
 

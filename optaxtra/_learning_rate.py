@@ -52,7 +52,7 @@ def _scalar(fn: str, name: str, value) -> jax.Array:
 def _check_nonnegative(fn: str, name: str, value: jax.Array, count: int) -> None:
   if not _checks.is_traced(value) and float(value) < 0:
     raise ValueError(
-      f"{fn}: {name} at step {count} is {float(value)!r}; it must be >= 0. "
+      f"{fn}: {name} at step {count} is {float(value):.6g}; it must be >= 0. "
       "To follow the gradient upwards use flip_sign=False instead."
     )
 
@@ -87,6 +87,7 @@ def _stage(
 
   def update_fn(updates, state, params=None):
     del params
+    _checks.check_float_updates(fn, updates, complex_ok=True)
     value = _scalar(fn, name, value_fn(state.count))
     factor = value if sign == 1 else -value
     return _scale(updates, factor), state_cls(

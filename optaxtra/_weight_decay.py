@@ -144,6 +144,7 @@ def add_decayed_weights_decoupled(
         "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
       )
     _checks.check_updates_match(_FN, updates, params, "params")
+    _checks.check_float_updates(_FN, updates, complex_ok=True)
     r = rate(state.count)
     new_state = AddDecayedWeightsDecoupledState(
       optax.safe_increment(state.count), r.astype(fdt)
