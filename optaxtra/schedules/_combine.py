@@ -1,0 +1,231 @@
+"""Schedules built from schedules: joins, linear warmup, epoch schedules."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from optaxtra import _checks
+from optaxtra.schedules import _arguments as _args
+from optaxtra.schedules._constant import constant
+
+
+def join(
+  schedules: Sequence[_args.Schedule], boundaries: Sequence[int]
+) -> _args.Schedule:
+  """Runs ``schedules`` one after the other, each restarted at its boundary.
+
+  Optax's :func:`optax.join_schedules`: before ``boundaries[0]`` the value is
+  ``schedules[0](step)``; from ``boundaries[i-1]`` up to ``boundaries[i]`` it is
+  ``schedules[i](step - boundaries[i-1])``. The comparisons and the shifts are
+  done on the integer step, exactly.
+
+  Args:
+    schedules: the schedules, at least one.
+    boundaries: ``len(schedules) - 1`` non-decreasing, non-negative integer
+      steps at which the next schedule takes over.
+
+  Returns:
+    A schedule: a function from an int step (a Python int or an integer array
+    of any shape) to the values of the step's shape.
+
+  Raises:
+    ValueError: the wrong number of boundaries, or negative, fractional or
+      decreasing ones.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from optaxtra import schedules
+    >>> s = schedules.join(
+    ...   [schedules.constant(1.0), schedules.polynomial_decay(1.0, 0.0, 4)], [2])
+    >>> s(jnp.arange(8))  # the decay starts from its own step 0 at step 2
+    Array([1.  , 1.  , 1.  , 0.75, 0.5 , 0.25, 0.  , 0.  ], dtype=float32)
+
+  References:
+    Optax, :func:`optax.join_schedules`.
+  """
+  fn = "join"
+  schedules = list(schedules) if isinstance(schedules, Sequence) else schedules
+  if not isinstance(schedules, list) or not schedules:
+    raise TypeError(f"{fn}: schedules must be a non-empty sequence, got {schedules!r}.")
+  for i, s in enumerate(schedules):
+    _args.check_schedule(fn, f"schedules[{i}]", s)
+  if not isinstance(boundaries, Sequence):
+    raise TypeError(
+      f"{fn}: boundaries must be a sequence of steps, got {boundaries!r}."
+    )
+  if len(boundaries) != len(schedules) - 1:
+    raise ValueError(
+      f"{fn}: boundaries must have len(schedules) - 1 = {len(schedules) - 1} "
+      f"entries (the steps where the next schedule starts), got {len(boundaries)}."
+    )
+  bounds = [
+    _args.check_int(fn, f"boundaries[{i}]", b, low=0, what="steps")
+    for i, b in enumerate(boundaries)
+  ]
+  if any(b1 > b2 for b1, b2 in itertools.pairwise(bounds)):
+    raise ValueError(f"{fn}: boundaries must be non-decreasing, got {bounds}.")
+
+  def schedule(step):
+    step, _ = _args.as_step(fn, step)
+    out = _args.as_values(fn, "schedules[0]", schedules[0](step), step.shape)
+    for i, (b, s) in enumerate(zip(bounds, schedules[1:], strict=True), start=1):
+      later = _args.as_values(
+        fn, f"schedules[{i}]", s(_args.shift(step, b)), step.shape
+      )
+      dtype = jnp.promote_types(out.dtype, later.dtype)
+      out = jnp.where(step < b, out.astype(dtype), later.astype(dtype))
+    return out
+
+  return schedule
+
+
+def linear_warmup(
+  schedule: _args.Schedule | float,
+  warmup_steps: int,
+  *,
+  peak_value: float | jax.Array | None = None,
+  shift: bool = False,
+) -> _args.Schedule:
+  """A linear warmup from 0 to ``peak_value``, then ``schedule``.
+
+  Before ``warmup_steps`` the value is ``peak_value * step / warmup_steps``
+  (0 at step 0), as in BERT's ``create_optimizer``. From ``warmup_steps`` on it
+  is ``schedule(step)``: by default the wrapped schedule runs on the
+  *unshifted* step, as BERT's polynomial decay does (it decays from step 0 and
+  the warmup covers its start). With ``shift=True`` it is
+  ``schedule(step - warmup_steps)``, the wrapped schedule starting after the
+  warmup, as ``optax.join_schedules([optax.linear_schedule(0, peak,
+  warmup_steps), schedule], [warmup_steps])`` and
+  ``optax.warmup_cosine_decay_schedule`` do.
+
+  The switch at ``warmup_steps`` is decided on the integer step, exactly.
+
+  Args:
+    schedule: the schedule after the warmup, or a number for a constant.
+    warmup_steps: non-negative int, the length of the warmup (0: none).
+    peak_value: the value the warmup rises towards; defaults to
+      ``schedule(0)``.
+    shift: start ``schedule`` at the end of the warmup instead of step 0.
+
+  Returns:
+    A schedule: a function from an int step (a Python int or an integer array
+    of any shape) to the values of the step's shape.
+
+  Raises:
+    ValueError: a negative or fractional ``warmup_steps``.
+
+  Examples:
+    BERT's learning rate, 8 warmup steps of 64:
+
+    >>> import jax.numpy as jnp
+    >>> from optaxtra import schedules
+    >>> lr = schedules.linear_warmup(schedules.polynomial_decay(1.0, 0.0, 64), 8)
+    >>> lr(jnp.array([0, 4, 6, 8, 32, 64]))
+    Array([0.   , 0.5  , 0.75 , 0.875, 0.5  , 0.   ], dtype=float32)
+    >>> lr = schedules.linear_warmup(
+    ...   schedules.polynomial_decay(1.0, 0.0, 64), 8, shift=True)
+    >>> lr(jnp.array([0, 4, 8, 40, 72]))
+    Array([0. , 0.5, 1. , 0.5, 0. ], dtype=float32)
+
+  References:
+    Devlin et al., `BERT <https://arxiv.org/abs/1810.04805>`_
+    (``optimization.py``, ``create_optimizer``), 2019; Goyal et al.,
+    `Accurate, Large Minibatch SGD <https://arxiv.org/abs/1706.02677>`_, 2017.
+  """
+  fn = "linear_warmup"
+  if not callable(schedule):
+    _args.check_value(fn, "schedule", schedule)
+    schedule = constant(schedule)
+  W = _args.check_int(fn, "warmup_steps", warmup_steps, low=0, what="steps")
+  if peak_value is not None:
+    _args.check_value(fn, "peak_value", peak_value)
+  _checks.check_flag(fn, "shift", shift)
+
+  def warmed_up(step):
+    step, _ = _args.as_step(fn, step)
+    after = _args.as_values(
+      fn, "schedule", schedule(_args.shift(step, W) if shift else step), step.shape
+    )
+    if W == 0:
+      return after
+    if peak_value is None:
+      peak = _args.as_values(fn, "schedule", schedule(0), ())
+    else:
+      peak = jnp.asarray(peak_value)
+    dtype = jnp.result_type(after.dtype, _args.value_dtype(peak))
+    frac = jnp.maximum(step, 0).astype(dtype) / W
+    warm = peak.astype(dtype) * frac
+    return jnp.where(step < W, warm, after.astype(dtype))
+
+  return warmed_up
+
+
+def per_epoch(
+  epoch_schedule: _args.Schedule,
+  steps_per_epoch: int,
+  *,
+  staircase: bool = True,
+) -> _args.Schedule:
+  """A schedule written in epochs, turned into one of the step count.
+
+  The value at step ``t`` is ``epoch_schedule(t // steps_per_epoch)``: the
+  epoch number, an integer, so every value holds for a whole epoch. With
+  ``staircase=False`` it is ``epoch_schedule(t / steps_per_epoch)``, the
+  fractional epoch (a float step, which the schedules here accept), so that
+  the value moves at every step.
+
+  Optimizers count *updates*. A Keras ``ExponentialDecay(1e-3,
+  decay_steps=25, decay_rate=0.95, staircase=True)`` therefore decays every 25
+  batches, not every 25 epochs; ``per_epoch(exponential_decay(1e-3, 25, 0.95,
+  staircase=True), steps_per_epoch)`` decays every 25 epochs.
+
+  Args:
+    epoch_schedule: a schedule of the epoch number.
+    steps_per_epoch: positive int, the updates in one epoch (with a partial
+      last batch, ``math.ceil(num_examples / batch_size)``; it must be a whole
+      number, not ``num_examples / batch_size``).
+    staircase: pass the whole epoch (True) or the fractional epoch (False).
+
+  Returns:
+    A schedule: a function from an int step (a Python int or an integer array
+    of any shape) to the values of the step's shape.
+
+  Raises:
+    ValueError: a ``steps_per_epoch`` that is not a positive whole number.
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from optaxtra import schedules
+    >>> epochly = schedules.exponential_decay(1e-3, 25, 0.95, staircase=True)
+    >>> lr = schedules.per_epoch(epochly, steps_per_epoch=40)
+    >>> lr(jnp.array([0, 999, 1000, 1999, 2000]))  # epochs 0, 24, 25, 49, 50
+    Array([0.001    , 0.001    , 0.00095  , 0.00095  , 0.0009025], dtype=float32)
+    >>> lr = schedules.per_epoch(schedules.cosine_decay(1.0, 2), 4, staircase=False)
+    >>> np.asarray(lr(jnp.array([0, 2, 4, 6, 8]))).round(4)
+    array([1.    , 0.8536, 0.5   , 0.1464, 0.    ], dtype=float32)
+
+  References:
+    The Keras FAQ on steps and epochs; Goyal et al., `Accurate, Large
+    Minibatch SGD <https://arxiv.org/abs/1706.02677>`_, 2017 (epoch-based
+    schedules).
+  """
+  fn = "per_epoch"
+  _args.check_schedule(fn, "epoch_schedule", epoch_schedule)
+  n = _args.check_int(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
+  _checks.check_flag(fn, "staircase", staircase)
+
+  def schedule(step):
+    step, exact = _args.as_step(fn, step)
+    dtype = _args.compute_dtype(_checks.default_float(), step)
+    if staircase:
+      epoch = step // n if exact else jnp.floor(step / n)
+    else:
+      q, frac = _args.split(step, n, exact, dtype)
+      epoch = q + frac
+    return _args.as_values(fn, "epoch_schedule", epoch_schedule(epoch), step.shape)
+
+  return schedule

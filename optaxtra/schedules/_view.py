@@ -1,0 +1,111 @@
+"""Looking at a schedule before training: sample it, plot it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from optaxtra.schedules import _arguments as _args
+
+# More epoch lines than this would paint the plot grey; mark every k-th epoch.
+_MAX_EPOCH_LINES = 50
+
+
+def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
+  """The values of ``schedule`` at steps ``0, 1, ..., num_steps - 1``.
+
+  The schedule is called once, on ``jnp.arange(num_steps, dtype=jnp.int32)``
+  (the int32 counts an Optax optimizer passes it); a schedule returning a
+  scalar for every step (such as :func:`optax.constant_schedule`) is
+  broadcast.
+
+  Args:
+    schedule: a schedule, from :mod:`optaxtra.schedules`, Optax or your own
+      (written with ``jnp`` operations so that it accepts an array of steps).
+    num_steps: positive int, the number of steps to sample.
+
+  Returns:
+    A NumPy array of shape ``(num_steps,)``; its ``i``-th entry is the value
+    the ``i``-th update (counting from 0) uses.
+
+  Examples:
+    >>> from optaxtra import schedules
+    >>> schedules.sample(schedules.exponential_decay(1.0, 2, 0.5, staircase=True), 5)
+    array([1.  , 1.  , 0.5 , 0.5 , 0.25], dtype=float32)
+  """
+  fn = "sample"
+  _args.check_schedule(fn, "schedule", schedule)
+  n = _args.check_int(fn, "num_steps", num_steps, low=1, what="steps")
+  steps = jnp.arange(n, dtype=jnp.int32)
+  return np.asarray(_args.as_values(fn, "schedule", schedule(steps), (n,)))
+
+
+def plot(
+  schedule: _args.Schedule,
+  num_steps: int,
+  *,
+  steps_per_epoch: int | None = None,
+  ax: Any = None,
+) -> Any:
+  """Plots ``schedule`` over ``num_steps`` steps, marking epoch boundaries.
+
+  The curve is drawn as steps (each value holds from its step to the next),
+  so that a staircase shows where it drops. With ``steps_per_epoch``, a dashed
+  vertical line marks the start of every epoch (every ``k``-th epoch when
+  there would be more than 50 lines) and a top axis counts epochs: a decay
+  meant per epoch but counted in steps shows at a glance. Needs matplotlib
+  (``pip install 'optaxtra[plot]'``), imported only when called.
+
+  Args:
+    schedule: a schedule, as for :func:`optaxtra.schedules.sample`.
+    num_steps: positive int, the number of steps to draw.
+    steps_per_epoch: optional positive int, the updates in one epoch.
+    ax: a matplotlib ``Axes`` to draw on; by default a new figure's.
+
+  Returns:
+    The matplotlib ``Axes``. The schedule is its first line; the epoch
+    boundaries are the following lines, labelled ``"_epoch"``.
+
+  Examples:
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from optaxtra import schedules
+    >>> lr = schedules.exponential_decay(1e-3, 25, 0.95, staircase=True)
+    >>> ax = schedules.plot(lr, 200, steps_per_epoch=40)
+    >>> [line.get_xdata()[0] for line in ax.lines[1:]]  # epoch starts
+    [40, 80, 120, 160]
+    >>> import matplotlib.pyplot as plt
+    >>> plt.close(ax.figure)
+  """
+  fn = "plot"
+  values = sample(schedule, num_steps)
+  spe = None
+  if steps_per_epoch is not None:
+    spe = _args.check_int(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
+  try:
+    import matplotlib  # noqa: F401
+  except ImportError:
+    raise ImportError(
+      "optaxtra.schedules.plot needs matplotlib; install it with "
+      "pip install 'optaxtra[plot]' (or use optaxtra.schedules.sample)."
+    ) from None
+  if ax is None:
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots()
+  steps = np.arange(num_steps)
+  ax.plot(steps, values, drawstyle="steps-post")
+  if spe is not None:
+    count = (num_steps - 1) // spe
+    every = max(1, math.ceil(count / _MAX_EPOCH_LINES))
+    for start in range(spe * every, num_steps, spe * every):
+      ax.axvline(start, color="0.6", linestyle="--", linewidth=0.8, label="_epoch")
+    top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+    top.set_xlabel("epoch" if every == 1 else f"epoch (a line every {every})")
+  ax.set_xlim(0, max(num_steps - 1, 1))
+  ax.set_xlabel("step")
+  ax.set_ylabel("value")
+  return ax
