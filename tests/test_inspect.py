@@ -1,0 +1,410 @@
+"""optaxtra.inspect against float64 NumPy computations of what each update used."""
+
+from __future__ import annotations
+
+import _reference as ref
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optaxtra
+
+SHAPES = ref.SHAPES
+STEPS = 30
+
+
+def _params(dtype=jnp.float32):
+  rng = np.random.default_rng(1)
+  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
+
+
+def _run(tx, params, grads, *, jit=True):
+  """Trains ``len(grads)`` steps; returns the params and inspect(state) per step."""
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, optaxtra.inspect(s)
+
+  step = jax.jit(step) if jit else step
+  state = tx.init(params)
+  infos, params_seen = [], []
+  for g in grads:
+    g = jax.tree.map(lambda x, p: jnp.asarray(x, p.dtype), g, params)
+    params, state, info = step(params, state, g)
+    infos.append({k: np.asarray(v) for k, v in info.items()})
+    params_seen.append(params)
+  return params_seen, infos, state
+
+
+def _warmup_cosine_np(n, peak=1e-2, warmup=5, total=30, end=1e-4):
+  """Linear warmup from 0 then cosine decay to ``end``, from its equations."""
+  if n < warmup:
+    return peak * n / warmup
+  k = min(n - warmup, total - warmup)
+  return end + (peak - end) * 0.5 * (1 + np.cos(np.pi * k / (total - warmup)))
+
+
+def _warmup_cosine_jnp(n, peak=1e-2, warmup=5, total=30, end=1e-4):
+  """The same schedule in JAX, in the default float precision (float64 with x64)."""
+  n = jnp.asarray(n)
+  k = jnp.clip(n - warmup, 0, total - warmup)
+  cosine = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * k / (total - warmup)))
+  return jnp.where(n < warmup, peak * n / warmup, cosine)
+
+
+# --- seed 000: Adam's alpha_t through optax.inject_hyperparams ---------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inject_adam_reports_schedule_and_alpha_t_each_step(dtype, request):
+  if dtype == "float64":
+    request.getfixturevalue("x64")
+  b1, b2 = 0.9, 0.99
+  sched = _warmup_cosine_jnp
+  # eps = 0 so that the update is exactly -alpha_t * m_t / sqrt(v_t).
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=sched, b1=b1, b2=b2, eps=0.0)
+  params = _params(dtype)
+  grads = ref.spiky_grads(0, SHAPES, STEPS, spike=3.0)
+  seen, infos, _ = _run(tx, params, grads)
+  rtol = 1e-12 if dtype == "float64" else 2e-6
+  b1, b2 = float(np.asarray(b1, dtype)), float(np.asarray(b2, dtype))  # as stored
+
+  m = {k: np.zeros(s) for k, s in SHAPES.items()}
+  v = {k: np.zeros(s) for k, s in SHAPES.items()}
+  p = ref.tree_f64(params)
+  for t, (g, info, got) in enumerate(zip(grads, infos, seen, strict=True), start=1):
+    lr = _warmup_cosine_np(t - 1)  # the t-th update uses the schedule at t - 1
+    alpha_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    assert int(info["count"]) == t
+    assert int(info["inner_state/0/count"]) == t
+    np.testing.assert_allclose(info["learning_rate"], lr, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(info["effective_learning_rate"], alpha_t, rtol=rtol)
+    np.testing.assert_allclose(
+      info["bias_correction"], np.sqrt(1 - b2**t) / (1 - b1**t), rtol=rtol
+    )
+    np.testing.assert_allclose(info["b1"], b1, rtol=rtol)
+    np.testing.assert_allclose(info["b2"], b2, rtol=rtol)
+    # alpha_t is the step the update took: p -= alpha_t * m_t / sqrt(v_t).
+    for k in p:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+      p[k] = p[k] - alpha_t * m[k] / np.sqrt(v[k])
+      scale = np.abs(ref.f64(params[k])) + alpha_t * t
+      np.testing.assert_allclose(ref.f64(got[k]), p[k], rtol=0, atol=rtol * scale.max())
+
+
+def test_inject_adam_keys_are_documented_and_eager_equals_jit():
+  sched = optax.linear_schedule(1e-3, 1e-4, 20)
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=sched)
+  grads = ref.spiky_grads(2, SHAPES, 4)
+  _, eager, _ = _run(tx, _params(), grads, jit=False)
+  _, jitted, _ = _run(tx, _params(), grads, jit=True)
+  assert sorted(eager[-1]) == [
+    "b1",
+    "b2",
+    "bias_correction",
+    "count",
+    "effective_learning_rate",
+    "eps",
+    "eps_root",
+    "inner_state/0/count",
+    "learning_rate",
+  ]
+  for e, j in zip(eager, jitted, strict=True):
+    assert sorted(e) == sorted(j)
+    for k in e:
+      np.testing.assert_allclose(e[k], j[k], rtol=1e-6)
+
+
+def test_before_the_first_update():
+  sched = optax.linear_schedule(0.3, 0.0, 10)
+  info = optaxtra.inspect(
+    optax.inject_hyperparams(optax.adam)(learning_rate=sched).init(_params())
+  )
+  assert int(info["count"]) == 0
+  np.testing.assert_allclose(info["learning_rate"], 0.3)  # what update 1 will use
+  assert float(info["bias_correction"]) == 1.0
+  np.testing.assert_allclose(info["effective_learning_rate"], 0.3)
+
+  tx = optaxtra.adamax_clipped(sched, weight_decay=0.5, bias_correction=True)
+  info = optaxtra.inspect(tx.init(_params()))
+  np.testing.assert_allclose(info["learning_rate"], 0.3)
+  np.testing.assert_allclose(info["weight_decay"], 0.15)
+  assert float(info["clip_fraction"]) == 0.0
+  assert float(info["bias_correction"]) == 1.0
+  assert int(info["count"]) == 0
+
+
+# --- an optaxtra chain: learning rate, applied decay rate, clip share -------
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_adamax_clipped_chain_reports_what_each_update_used(x64, bias_correction):
+  b1 = 0.9
+  sched = _warmup_cosine_jnp  # float64 (Optax's schedules round through float32)
+
+  def wd(n):
+    return 0.1 + (0.02 - 0.1) * jnp.minimum(n, 30) / 30
+
+  mask = {"w": True, "s": False}
+  tx = optaxtra.adamax_clipped(
+    sched,
+    b1=b1,
+    weight_decay=wd,
+    weight_decay_mask=mask,
+    bias_correction=bias_correction,
+  )
+  params = _params(jnp.float64)
+  grads = ref.spiky_grads(3, SHAPES, STEPS)
+  seen, infos, _ = _run(tx, params, grads)
+  want = ref.adamax_clipped_optimizer(
+    ref.tree_f64(params),
+    grads,
+    learning_rate=lambda n: _warmup_cosine_np(n),
+    weight_decay=lambda n: 0.1 + (0.02 - 0.1) * min(n, 30) / 30,
+    decay_schedule=lambda n: _warmup_cosine_np(n),
+    decay_mask=mask,
+    b1=b1,
+    bias_correction=bias_correction,
+  )
+  fractions = [w["clip_fraction"] for w in want]
+  assert 0 < min(fractions[1:]) and max(fractions) <= 1  # clipping does happen
+  for t, (info, w, got) in enumerate(zip(infos, want, seen, strict=True), start=1):
+    assert int(info["count"]) == t
+    np.testing.assert_allclose(info["learning_rate"], w["learning_rate"], rtol=1e-13)
+    np.testing.assert_allclose(info["weight_decay"], w["rate"], rtol=1e-13)
+    assert float(info["clip_fraction"]) == pytest.approx(w["clip_fraction"], rel=1e-6)
+    factor = 1 / (1 - b1**t) if bias_correction else 1.0
+    np.testing.assert_allclose(info["bias_correction"], factor, rtol=1e-13)
+    np.testing.assert_allclose(
+      info["effective_learning_rate"], w["learning_rate"] * factor, rtol=1e-13
+    )
+    for k in got:
+      np.testing.assert_allclose(
+        ref.f64(got[k]), w["params"][k], rtol=1e-10, atol=1e-12
+      )
+
+
+def test_adamax_clipped_chain_float32_eager():
+  sched = optax.linear_schedule(1e-2, 1e-3, 10)
+  tx = optaxtra.adamax_clipped(sched, weight_decay=0.1)
+  grads = ref.spiky_grads(4, SHAPES, 6)
+  _, infos, _ = _run(tx, _params(), grads, jit=False)
+  want = ref.adamax_clipped_optimizer(
+    ref.tree_f64(_params()),
+    grads,
+    learning_rate=lambda n: 1e-2 + (1e-3 - 1e-2) * min(n, 10) / 10,
+    weight_decay=0.1,
+    decay_schedule=lambda n: 1e-2 + (1e-3 - 1e-2) * min(n, 10) / 10,
+  )
+  assert sorted(infos[0]) == [
+    "1/count",
+    "2/count",
+    "bias_correction",
+    "clip_fraction",
+    "count",
+    "effective_learning_rate",
+    "learning_rate",
+    "weight_decay",
+  ]
+  for info, w in zip(infos, want, strict=True):
+    np.testing.assert_allclose(info["learning_rate"], w["learning_rate"], rtol=1e-6)
+    np.testing.assert_allclose(info["weight_decay"], w["rate"], rtol=1e-6)
+    np.testing.assert_allclose(info["clip_fraction"], w["clip_fraction"], atol=1 / 21)
+
+
+def test_optaxtra_adam_bias_correction_with_a_learning_rate_stage():
+  b1, b2 = 0.8, 0.95
+  tx = optax.chain(
+    optaxtra.scale_by_adam(b1, b2),
+    optaxtra.scale_by_learning_rate(lambda n: 0.1 / (n + 1)),
+  )
+  _, infos, _ = _run(tx, _params(), ref.spiky_grads(5, SHAPES, 5))
+  for t, info in enumerate(infos, start=1):
+    lr = 0.1 / t
+    np.testing.assert_allclose(info["learning_rate"], lr, rtol=1e-6)
+    np.testing.assert_allclose(
+      info["effective_learning_rate"],
+      lr * ref.adam_bias_correction(t, b1, b2),
+      rtol=1e-6,
+    )
+
+
+# --- names: duplicates get their path, count is the outermost ---------------
+
+
+def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
+  params = _params()
+  tx = optax.partition(
+    {
+      "adam": optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b1=0.5, b2=0.75),
+      "clip": optaxtra.adamax_clipped(0.2, weight_decay=0.3),
+    },
+    {"w": "adam", "s": "clip"},
+  )
+  _, infos, state = _run(tx, params, ref.spiky_grads(6, SHAPES, 2))
+  info = infos[-1]
+  assert "learning_rate" not in info and "effective_learning_rate" not in info
+  np.testing.assert_allclose(
+    info["inner_states/adam/inner_state/hyperparams/learning_rate"], 0.1
+  )
+  np.testing.assert_allclose(info["inner_states/clip/inner_state/1/learning_rate"], 0.2)
+  np.testing.assert_allclose(
+    info["inner_states/adam/inner_state/effective_learning_rate"],
+    0.1 * ref.adam_bias_correction(2, 0.5, 0.75),
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    info["inner_states/clip/inner_state/effective_learning_rate"], 0.2
+  )
+  np.testing.assert_allclose(info["weight_decay"], 0.3 * 0.2, rtol=1e-6)  # only one
+  # The key is the value's own path in the state.
+  assert float(
+    state.inner_states["clip"].inner_state[1].learning_rate
+  ) == pytest.approx(0.2)
+  # count: the outermost one (the adam group's inject count, 4 keys deep).
+  assert int(info["count"]) == 2
+  counts = sorted(k for k in info if k.endswith("count"))
+  assert counts == [
+    "count",
+    "inner_states/adam/inner_state/inner_state/0/count",
+    "inner_states/clip/inner_state/0/count",
+    "inner_states/clip/inner_state/1/count",
+    "inner_states/clip/inner_state/2/count",
+  ]
+
+
+def test_hyperparameter_and_stage_both_named_learning_rate():
+  tx = optax.inject_hyperparams(optaxtra.adamax_clipped)(learning_rate=0.25)
+  _, infos, _ = _run(tx, _params(), ref.spiky_grads(7, SHAPES, 2))
+  info = infos[-1]
+  assert "learning_rate" not in info
+  np.testing.assert_allclose(info["hyperparams/learning_rate"], 0.25)
+  np.testing.assert_allclose(info["inner_state/1/learning_rate"], 0.25)
+  # hyperparams' weight_decay (the coefficient) and the stage's (the applied
+  # rate) are both kept, each under its path.
+  assert "hyperparams/weight_decay" in info and "inner_state/2/weight_decay" in info
+  # The product is formed in the inner chain, where one lr meets one factor.
+  np.testing.assert_allclose(info["effective_learning_rate"], 0.25)
+
+
+def test_ambiguous_pairing_forms_no_product():
+  tx = optax.chain(
+    optaxtra.scale_by_adam(),
+    optaxtra.scale_by_adam(b1=0.5),
+    optaxtra.scale_by_learning_rate(0.1),
+  )
+  _, infos, _ = _run(tx, _params(), ref.spiky_grads(8, SHAPES, 3))
+  info = infos[-1]
+  assert "effective_learning_rate" not in info
+  assert {"0/bias_correction", "1/bias_correction", "learning_rate"} <= set(info)
+
+
+# --- wrappers ----------------------------------------------------------------
+
+
+def test_masked_multisteps_and_apply_if_finite():
+  b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))  # as stored
+  sched = lambda n: 0.1 / (1.0 + n)  # noqa: E731
+  inner = optax.inject_hyperparams(optax.adam)(learning_rate=sched)
+  tx = optax.apply_if_finite(
+    optax.MultiSteps(optax.masked(inner, {"w": True, "s": False}), every_k_schedule=2),
+    max_consecutive_errors=5,
+  )
+  params = _params()
+  grads = ref.spiky_grads(9, SHAPES, 5)
+  grads[4] = {k: np.full(s, np.nan) for k, s in SHAPES.items()}
+  _, infos, _ = _run(tx, params, grads)
+  # Steps 1..4 make two inner updates (after mini-steps 2 and 4), step 5 is
+  # skipped for its NaN.
+  for i, info in enumerate(infos[:4], start=1):
+    k = i // 2  # inner updates done
+    assert int(info["mini_step"]) == i % 2
+    assert int(info["gradient_step"]) == k
+    assert int(info["count"]) == k
+    if k:
+      np.testing.assert_allclose(info["learning_rate"], 0.1 / k, rtol=1e-6)
+      np.testing.assert_allclose(
+        info["effective_learning_rate"],
+        0.1 / k * ref.adam_bias_correction(k, b1, b2),
+        rtol=4e-7 / (1 - b2**k),  # float32's 1 - b2**k cancels, as in the update
+      )
+  last = infos[4]
+  assert not bool(last["last_finite"])
+  assert int(last["total_notfinite"]) == 1 and int(last["notfinite_count"]) == 1
+  assert int(last["gradient_step"]) == 2
+
+
+def test_nnx_optimizer_state():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  sched = optax.linear_schedule(0.1, 0.0, 10)
+  opt = nnx.Optimizer(
+    model, optax.inject_hyperparams(optax.adam)(learning_rate=sched), wrt=nnx.Param
+  )
+
+  @nnx.jit
+  def step(model, opt, x):
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+    opt.update(model, grads)
+    return optaxtra.inspect(opt.opt_state)
+
+  for t in range(1, 4):
+    info = step(model, opt, jnp.ones((1, 3)))
+    np.testing.assert_allclose(info["learning_rate"], 0.1 - 0.01 * (t - 1), rtol=1e-6)
+    assert int(info["count"]) == t
+  assert int(optaxtra.inspect(opt.opt_state)["count"]) == 3
+
+
+def test_states_with_nothing_or_only_counts():
+  params = _params()
+  assert optaxtra.inspect(optax.sgd(0.1).init(params)) == {}
+  assert optaxtra.inspect(()) == {}
+  info = optaxtra.inspect(optax.adam(1e-3).init(params))
+  assert sorted(info) == ["count"]  # Optax's lr stage records no learning rate
+  info = optaxtra.inspect(optax.adam(optax.linear_schedule(1.0, 0.0, 5)).init(params))
+  assert sorted(info) == ["1/count", "count"]
+
+
+def test_params_shaped_namedtuples_are_not_read():
+  from typing import NamedTuple
+
+  class Params(NamedTuple):
+    count: jax.Array
+    learning_rate: jax.Array
+
+  params = Params(jnp.ones(()), jnp.ones(()))
+  info = optaxtra.inspect(optaxtra.adamax_clipped(0.1).init(params))
+  assert sorted(info) == [
+    "1/count",
+    "2/count",
+    "bias_correction",
+    "clip_fraction",
+    "count",
+    "effective_learning_rate",
+    "learning_rate",
+    "weight_decay",
+  ]
+
+
+def test_traced_hyperparameters_under_jit():
+  tx = optax.inject_hyperparams(optaxtra.adamax_clipped)(learning_rate=0.1, b1=0.5)
+  params = _params()
+  state = tx.init(params)
+
+  @jax.jit
+  def step(state, lr):
+    state.hyperparams["learning_rate"] = lr
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return optaxtra.inspect(state)
+
+  info = step(state, jnp.float32(0.05))
+  np.testing.assert_allclose(info["inner_state/1/learning_rate"], 0.05)
+  np.testing.assert_allclose(info["b1"], 0.5)
+
+
+def test_rejects_a_transformation():
+  with pytest.raises(TypeError, match=r"tx.init\(params\)"):
+    optaxtra.inspect(optax.adam(1e-3))
