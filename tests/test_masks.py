@@ -1,0 +1,859 @@
+"""Tests of optaxtra.masks: paths, path masks, labels, freezing.
+
+On hand-written trees and on real Flax nnx, Flax linen and Haiku models, with
+every Optax entry point that takes a mask or labels, under jax.jit and without.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import optaxtra
+from optaxtra import masks
+
+BERT_EXCLUDE = ["LayerNorm", "layer_norm", "bias"]
+
+
+@pytest.fixture(params=[False, True], ids=["eager", "jit"])
+def jit(request):
+  return jax.jit if request.param else (lambda f: f)
+
+
+def leaves_by_path(tree):
+  """{path: leaf} through an independent walk of nested dicts and lists."""
+  out = {}
+
+  def walk(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        walk(f"{prefix}/{k}" if prefix else str(k), v)
+    elif isinstance(node, list | tuple):
+      for i, v in enumerate(node):
+        walk(f"{prefix}/{i}" if prefix else str(i), v)
+    else:
+      out[prefix] = node
+
+  walk("", tree)
+  return out
+
+
+def bert_do_use_weight_decay(param_name, weight_decay_rate, exclude):
+  """BERT's AdamWeightDecayOptimizer._do_use_weight_decay, verbatim (seed 004)."""
+  if not weight_decay_rate:
+    return False
+  if exclude:
+    for r in exclude:
+      if re.search(r, param_name) is not None:
+        return False
+  return True
+
+
+# BERT-base's variable names (one layer), as in its TF checkpoints.
+BERT_NAMES = [
+  "bert/embeddings/word_embeddings",
+  "bert/embeddings/token_type_embeddings",
+  "bert/embeddings/position_embeddings",
+  "bert/embeddings/LayerNorm/gamma",
+  "bert/embeddings/LayerNorm/beta",
+  "bert/encoder/layer_0/attention/self/query/kernel",
+  "bert/encoder/layer_0/attention/self/query/bias",
+  "bert/encoder/layer_0/attention/output/dense/kernel",
+  "bert/encoder/layer_0/attention/output/dense/bias",
+  "bert/encoder/layer_0/attention/output/LayerNorm/gamma",
+  "bert/encoder/layer_0/attention/output/LayerNorm/beta",
+  "bert/encoder/layer_0/intermediate/dense/kernel",
+  "bert/encoder/layer_0/intermediate/dense/bias",
+  "bert/pooler/dense/kernel",
+  "bert/pooler/dense/bias",
+  "cls/predictions/output_bias",
+]
+
+
+def nest(names, make):
+  tree = {}
+  for name in names:
+    node = tree
+    *parents, last = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = make(name)
+  return tree
+
+
+# ---------------------------------------------------------------------------
+# paths
+
+
+class Pair(NamedTuple):
+  w: jax.Array
+  b: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Block:
+  kernel: jax.Array
+  extras: list
+
+
+def test_paths_of_plain_containers():
+  tree = {
+    "pair": Pair(jnp.ones(2), jnp.zeros(1)),
+    "block": Block(jnp.ones((2, 2)), [jnp.ones(1), None, (jnp.ones(3),)]),
+    "seq": [jnp.ones(1)],
+    "ints": {7: jnp.ones(1), 2: jnp.ones(1)},
+  }
+  assert masks.paths(tree) == [
+    "block/kernel",
+    "block/extras/0",
+    "block/extras/2/0",
+    "ints/2",
+    "ints/7",
+    "pair/w",
+    "pair/b",
+    "seq/0",
+  ]
+  assert masks.paths(jnp.ones(3)) == [""]
+  assert masks.paths({}) == []
+  assert masks.paths({"a": optax.MaskedNode(), "b": jnp.ones(1)}) == ["b"]
+
+
+def test_paths_match_an_independent_walk():
+  tree = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+  assert sorted(masks.paths(tree)) == sorted(leaves_by_path(tree))
+  assert sorted(masks.paths(tree)) == sorted(BERT_NAMES)
+
+
+class LinenBert(nn.Module):
+  @nn.compact
+  def __call__(self, ids):
+    x = nn.Embed(11, 4, name="word_embeddings")(ids)
+    x = nn.LayerNorm(name="LayerNorm")(x)
+    x = nn.Dense(4, name="dense")(x)
+    return nn.Dense(3, name="output")(nn.gelu(x))
+
+
+LINEN_PATHS = [
+  "LayerNorm/bias",
+  "LayerNorm/scale",
+  "dense/bias",
+  "dense/kernel",
+  "output/bias",
+  "output/kernel",
+  "word_embeddings/embedding",
+]
+
+
+@functools.cache
+def linen_setup():
+  model = LinenBert()
+  ids = jnp.arange(6).reshape(2, 3) % 11
+  params = jax.jit(model.init)(jax.random.key(0), ids)["params"]
+
+  def loss(p):
+    return jnp.mean(model.apply({"params": p}, ids) ** 2)
+
+  return params, loss
+
+
+def test_paths_flax_linen():
+  params, _ = linen_setup()
+  assert masks.paths(params) == LINEN_PATHS
+  assert masks.paths({"params": params})[0] == "params/LayerNorm/bias"
+
+
+def test_paths_flax_linen_partitioned_boxes_name_the_parameter():
+  dense = nn.Dense(
+    3, kernel_init=nn.with_partitioning(nn.initializers.ones, (None, "model"))
+  )
+  variables = dense.init(jax.random.key(0), jnp.ones((1, 2)))
+  # The raw tree path of the kernel ends in the box's field 'value'.
+  raw = [
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)
+  ]
+  assert any("value" in r for r in raw)
+  assert masks.paths(variables) == ["params/bias", "params/kernel"]
+  mask = masks.path_mask(exclude="bias")(variables)
+  assert isinstance(mask["params"]["kernel"], nn.Partitioned)
+  assert jax.tree.leaves(mask) == [False, True]
+  tx = optax.add_decayed_weights(0.5, mask=masks.path_mask(exclude="bias"))
+  updates, _ = tx.update(
+    jax.tree.map(jnp.zeros_like, variables), tx.init(variables), variables
+  )
+  np.testing.assert_array_equal(updates["params"]["kernel"].value, 0.5)
+  np.testing.assert_array_equal(updates["params"]["bias"], 0.0)
+
+
+class NnxNet(nnx.Module):
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(11, 4, rngs=rngs)
+    self.layers = nnx.List([nnx.Linear(4, 4, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)])
+    self.LayerNorm = nnx.LayerNorm(4, rngs=rngs)
+
+  def __call__(self, ids):
+    x = self.LayerNorm(self.embed(ids))
+    return self.layers[1](nnx.gelu(self.layers[0](x)))
+
+
+NNX_PATHS = [
+  "LayerNorm/bias",
+  "LayerNorm/scale",
+  "embed/embedding",
+  "layers/0/bias",
+  "layers/0/kernel",
+  "layers/1/bias",
+  "layers/1/kernel",
+]
+NNX_IDS = jnp.arange(6).reshape(2, 3) % 11
+
+
+def nnx_loss(model):
+  return jnp.mean(model(NNX_IDS) ** 2)
+
+
+nnx_grad = nnx.jit(nnx.grad(nnx_loss))
+
+
+@functools.cache
+def _nnx_parts():
+  # Built under jit once: eager op-by-op initialisation is slow on CPU.
+  return nnx.split(nnx.jit(lambda: NnxNet(nnx.Rngs(0)))())
+
+
+def nnx_model():
+  """A fresh NnxNet, always with the same initial parameters."""
+  graphdef, state = _nnx_parts()
+  return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+@nnx.jit
+def nnx_update(model, opt, grads):
+  opt.update(model, grads)
+
+
+def spy():
+  """A transformation that records the paths of what it is given."""
+  seen = {}
+
+  def init(params):
+    seen["init"] = masks.paths(params)
+    seen["init_leaf"] = jax.tree_util.tree_leaves(
+      params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )[0]
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    seen["update"] = masks.paths(updates)
+    seen["update_params"] = masks.paths(params)
+    return updates, state
+
+  return optax.GradientTransformation(init, update), seen
+
+
+def test_paths_flax_nnx_as_optimizer_hands_them_to_tx():
+  model = nnx_model()
+  assert masks.paths(nnx.state(model, nnx.Param)) == NNX_PATHS
+  tx, seen = spy()
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  nnx_update(model, opt, nnx_grad(model))
+  # init gets Variables (whose raw key path ends in '.value'), update plain
+  # arrays: both spell the same paths, with no 'value' noise.
+  assert isinstance(seen["init_leaf"], nnx.Param)
+  assert seen["init"] == seen["update"] == seen["update_params"] == NNX_PATHS
+
+
+@functools.cache
+def haiku_setup():
+  def forward(x):
+    h = hk.nets.MLP([4, 3], name="mlp")(x)
+    return hk.LayerNorm(-1, True, True, name="layer_norm")(h)
+
+  f = hk.without_apply_rng(hk.transform(forward))
+  x = jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
+  params = jax.jit(f.init)(jax.random.key(0), x)
+  return params, lambda p: jnp.mean(f.apply(p, x) ** 2)
+
+
+HAIKU_PATHS = [
+  "layer_norm/offset",
+  "layer_norm/scale",
+  "mlp/~/linear_0/b",
+  "mlp/~/linear_0/w",
+  "mlp/~/linear_1/b",
+  "mlp/~/linear_1/w",
+]
+
+
+def test_paths_haiku():
+  params, _ = haiku_setup()
+  assert masks.paths(params) == HAIKU_PATHS
+
+
+# ---------------------------------------------------------------------------
+# path_mask semantics
+
+
+def test_path_mask_is_berts_exclusion_rule():
+  tree = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+  mask = masks.path_mask(exclude=BERT_EXCLUDE, strict=False)(tree)
+  got = leaves_by_path(mask)
+  want = {n: bert_do_use_weight_decay(n, 0.01, BERT_EXCLUDE) for n in BERT_NAMES}
+  assert got == want
+  assert sum(want.values()) == 7  # embeddings and kernels decay
+
+
+@pytest.mark.parametrize(
+  "include, exclude",
+  [
+    (None, None),
+    ("kernel", None),
+    (["^bert/encoder/", "^cls/"], None),
+    (None, ["LayerNorm", "bias"]),
+    (["encoder"], ["bias$"]),
+    (re.compile(r"dense/\w+$"), "pooler"),
+  ],
+)
+def test_path_mask_include_exclude(include, exclude):
+  tree = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+
+  def as_list(p):
+    return [] if p is None else [p] if isinstance(p, str | re.Pattern) else p
+
+  def want(name):
+    inc = include is None or any(re.search(p, name) for p in as_list(include))
+    return inc and not any(re.search(p, name) for p in as_list(exclude))
+
+  got = leaves_by_path(masks.path_mask(include, exclude)(tree))
+  assert got == {n: want(n) for n in BERT_NAMES}
+
+
+def test_path_mask_keeps_structure_and_masked_nodes():
+  tree = {"a": {"kernel": jnp.ones(2), "bias": None}, "b": optax.MaskedNode()}
+  out = masks.path_mask(exclude="bias", strict=False)(tree)
+  assert out == {"a": {"kernel": True, "bias": None}, "b": optax.MaskedNode()}
+  assert jax.tree.structure(out) == jax.tree.structure(tree)
+
+
+def test_strict_counts_parameters_hidden_by_an_outer_mask():
+  # 'bias' only matches a parameter that an enclosing optax.masked replaced
+  # by MaskedNode: the pattern still names a real parameter, so no error.
+  tree = {"dense": {"kernel": jnp.ones(2), "bias": optax.MaskedNode()}}
+  assert masks.path_mask(exclude="bias")(tree) == {
+    "dense": {"kernel": True, "bias": optax.MaskedNode()}
+  }
+
+
+def test_path_mask_works_on_tracers_and_same_structure_twice():
+  mask = masks.path_mask(exclude="bias")
+  params = {"kernel": jnp.ones(2), "bias": jnp.ones(2)}
+  eager = mask(params)
+  traced = jax.jit(lambda p: jax.tree.map(lambda m, x: x * m, mask(p), p))(params)
+  assert eager == mask(params) == {"kernel": True, "bias": False}
+  np.testing.assert_array_equal(traced["bias"], 0.0)
+  # Another structure with the same mask object.
+  assert mask({"bias": jnp.ones(1), "w": [jnp.ones(1)]}) == {"bias": False, "w": [True]}
+
+
+# ---------------------------------------------------------------------------
+# path_mask errors
+
+
+def test_strict_pattern_matching_nothing_names_it_and_lists_paths():
+  params, _ = linen_setup()
+  with pytest.raises(ValueError) as e:
+    masks.path_mask(exclude=["LayerNrom", "bias"])(params)
+  msg = str(e.value)
+  assert "exclude pattern 'LayerNrom'" in msg
+  assert "'LayerNorm/bias'" in msg  # real paths
+  assert "similar names: 'LayerNorm'" in msg
+  assert "strict=False" in msg
+  # BERT's list holds 'layer_norm' too, which a linen BERT does not have.
+  with pytest.raises(ValueError, match="exclude pattern 'layer_norm' matches no"):
+    masks.path_mask(exclude=BERT_EXCLUDE)(params)
+  assert jax.tree.leaves(masks.path_mask(exclude=BERT_EXCLUDE, strict=False)(params))
+
+
+def test_strict_include_and_case_hint():
+  params, _ = linen_setup()
+  with pytest.raises(ValueError, match="include pattern 'layernorm'") as e:
+    masks.path_mask(include="layernorm")(params)
+  assert "ignoring case it would match 'LayerNorm/bias'" in str(e.value)
+  with pytest.raises(ValueError, match="The tree has no parameters"):
+    masks.path_mask(include="x")({})
+
+
+def test_invalid_regex_is_reported_at_construction():
+  with pytest.raises(ValueError, match=r"exclude pattern '\[bias' is not a valid") as e:
+    masks.path_mask(exclude=["LayerNorm", "[bias"])
+  assert "re.escape" in str(e.value)
+  with pytest.raises(ValueError, match=r"rules pattern 'a\(' is not a valid"):
+    masks.path_labels({"a(": "x"})
+
+
+@pytest.mark.parametrize(
+  "kwargs, err, match",
+  [
+    ({"include": 5}, TypeError, "include must be a regular expression"),
+    ({"include": b"bias"}, TypeError, "include must be a regular expression"),
+    ({"exclude": ["bias", 3]}, TypeError, "every exclude pattern must be a str"),
+    ({"exclude": [re.compile(b"x")]}, TypeError, "bytes pattern"),
+    ({"exclude": {"bias": 1}}, TypeError, "exclude must be a regular"),
+    ({"include": []}, ValueError, "include is empty"),
+    ({"strict": "yes"}, TypeError, "strict must be True or False"),
+  ],
+)
+def test_path_mask_bad_arguments(kwargs, err, match):
+  with pytest.raises(err, match=match):
+    masks.path_mask(**kwargs)
+
+
+def test_inject_hyperparams_needs_static_args_and_then_works(jit):
+  params = {"kernel": jnp.ones(2), "bias": jnp.ones(2)}
+  mask = masks.path_mask(exclude="bias")
+  # inject_hyperparams calls callables as schedules of the step count: without
+  # static_args the mask would silently become True (decay everything).
+  with pytest.raises(TypeError, match="static_args"):
+    optax.inject_hyperparams(optax.adamw)(0.1, weight_decay=0.5, mask=mask).init(params)
+  tx = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+    0.1, weight_decay=0.5, mask=mask
+  )
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jit(tx.update)(zeros, state, params)
+  np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
+  np.testing.assert_array_equal(updates["bias"], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# path_labels
+
+
+def test_path_labels_first_match_wins_and_default():
+  tree = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+  rules = {"LayerNorm": "norm", "bias": "bias", "^bert/encoder/": "encoder"}
+  got = leaves_by_path(masks.path_labels(rules, default="rest")(tree))
+
+  def want(name):
+    for pattern, label in rules.items():
+      if re.search(pattern, name):
+        return label
+    return "rest"
+
+  assert got == {n: want(n) for n in BERT_NAMES}
+  assert got["bert/encoder/layer_0/attention/output/LayerNorm/gamma"] == "norm"
+  # The same rules as a list of pairs.
+  pairs = masks.path_labels(list(rules.items()), default="rest")(tree)
+  assert leaves_by_path(pairs) == got
+
+
+def test_path_labels_unmatched_paths_are_listed():
+  params, _ = haiku_setup()
+  with pytest.raises(ValueError) as e:
+    masks.path_labels({"^mlp/": "mlp"})(params)
+  msg = str(e.value)
+  assert "2 parameter path(s) match no rule" in msg
+  assert "'layer_norm/offset', 'layer_norm/scale'" in msg
+  assert "default=" in msg
+
+
+def test_path_labels_strict_rules():
+  params, _ = haiku_setup()
+  with pytest.raises(ValueError, match="rule 'LayerNorm' -> 'norm' matches no"):
+    masks.path_labels({"LayerNorm": "norm"}, default="rest")(params)
+  with pytest.raises(ValueError, match=r"labels nothing.*earlier rule.*'mlp'"):
+    masks.path_labels({"mlp": "a", "linear_0": "b"}, default="rest")(params)
+  relaxed = masks.path_labels(
+    {"mlp": "a", "linear_0": "b", "LayerNorm": "c"}, default="rest", strict=False
+  )(params)
+  assert set(jax.tree.leaves(relaxed)) == {"a", "rest"}
+
+
+@pytest.mark.parametrize(
+  "args, err, match",
+  [
+    (("bias",), TypeError, "rules must be a mapping"),
+    (([("bias", "a", "b")],), TypeError, r"\(pattern, label\) pairs"),
+    (({},), ValueError, "rules is empty"),
+    (({"bias": None},), TypeError, "is None, which is not a label"),
+    (({"bias": ("a", "b")},), TypeError, "is a container"),
+    (({"bias": "a"}, ["x"]), TypeError, "default .* is a container"),
+    (({3: "a"},), TypeError, "must be a str"),
+  ],
+)
+def test_path_labels_bad_arguments(args, err, match):
+  with pytest.raises(err, match=match):
+    masks.path_labels(*args)
+
+
+def test_path_labels_default_only():
+  labels = masks.path_labels({}, default="all")
+  assert labels({"a": jnp.ones(1)}) == {"a": "all"}
+
+
+# ---------------------------------------------------------------------------
+# min_ndim
+
+
+def test_min_ndim():
+  params, _ = linen_setup()
+  got = leaves_by_path(masks.min_ndim(2)(params))
+  want = {p: np.ndim(x) >= 2 for p, x in leaves_by_path(params).items()}
+  assert got == want
+  assert sum(got.values()) == 3
+  assert all(jax.tree.leaves(masks.min_ndim(0)(params)))
+  tree = {"a": optax.MaskedNode(), "b": jnp.ones((2, 2))}
+  assert masks.min_ndim(2)(tree) == {"a": optax.MaskedNode(), "b": True}
+  with pytest.raises(TypeError, match="static_args"):
+    masks.min_ndim(1)(jnp.int32(3))
+
+
+@pytest.mark.parametrize(
+  "n, err", [(-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_min_ndim_bad_n(n, err):
+  with pytest.raises(err, match="min_ndim: n must be"):
+    masks.min_ndim(n)
+
+
+# ---------------------------------------------------------------------------
+# Every Optax entry point that takes a mask or labels.
+
+
+def tree_params():
+  rng = np.random.default_rng(0)
+  return nest(BERT_NAMES, lambda _: jnp.asarray(rng.normal(size=(2, 3)), jnp.float32))
+
+
+def decay_flags(params):
+  return {n: bert_do_use_weight_decay(n, 0.01, BERT_EXCLUDE) for n in BERT_NAMES}
+
+
+DECAY = masks.path_mask(exclude=BERT_EXCLUDE, strict=False)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: optax.masked(optax.add_decayed_weights(0.5), DECAY),
+    lambda: optax.add_decayed_weights(0.5, mask=DECAY),
+    lambda: optax.chain(
+      optaxtra.add_decayed_weights_decoupled(0.5, mask=DECAY), optax.scale(-1.0)
+    ),
+    lambda: optax.partition(
+      {"decay": optax.add_decayed_weights(0.5), "none": optax.identity()},
+      masks.path_labels({"|".join(BERT_EXCLUDE): "none"}, default="decay"),
+    ),
+  ],
+  ids=["masked", "add_decayed_weights", "decoupled", "partition"],
+)
+def test_decay_only_where_the_mask_says(make, jit):
+  params = tree_params()
+  tx = make()
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jit(tx.update)(zeros, state, params)
+  flags = decay_flags(params)
+  for name, u in leaves_by_path(updates).items():
+    p = np.asarray(leaves_by_path(params)[name], np.float64)
+    np.testing.assert_allclose(u, 0.5 * p if flags[name] else 0.0, rtol=1e-7)
+
+
+def test_adamax_clipped_weight_decay_mask(jit):
+  params = tree_params()
+  tx = optaxtra.adamax_clipped(0.1, weight_decay=0.5, weight_decay_mask=DECAY)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jit(tx.update)(zeros, state, params)
+  flags = decay_flags(params)
+  for name, u in leaves_by_path(updates).items():
+    p = np.asarray(leaves_by_path(params)[name], np.float64)
+    # Zero gradients: Adamax's step is 0, leaving the decay -lr * wd * p.
+    np.testing.assert_allclose(u, -0.05 * p if flags[name] else 0.0, rtol=1e-6)
+
+
+def test_masks_inside_masks_see_masked_nodes(jit):
+  # The outer mask hides the pooler and cls; the inner strict mask's 'bias'
+  # and the labels still apply to what the inner transforms see.
+  params = tree_params()
+  inner = optax.partition(
+    {
+      "decay": optax.masked(optax.add_decayed_weights(0.5), DECAY),
+      "zero": optax.set_to_zero(),
+    },
+    masks.path_labels({"embeddings": "zero"}, default="decay"),
+  )
+  tx = optax.masked(inner, masks.path_mask(include="^bert/(embeddings|encoder)/"))
+  updates, _ = jit(tx.update)(
+    jax.tree.map(jnp.ones_like, params), tx.init(params), params
+  )
+  for name, u in leaves_by_path(updates).items():
+    p = np.asarray(leaves_by_path(params)[name], np.float64)
+    if not re.search("^bert/(embeddings|encoder)/", name):
+      want = 1.0  # passed through the outer mask untouched
+    elif "embeddings" in name:
+      want = 0.0
+    else:
+      want = 1.0 + (0.5 * p if decay_flags(params)[name] else 0.0)
+    np.testing.assert_allclose(u, want * np.ones_like(p), rtol=1e-7)
+
+
+@pytest.mark.parametrize("api", ["partition", "multi_transform"])
+def test_two_learning_rates(api, jit):
+  params = tree_params()
+  labels = masks.path_labels({"^bert/encoder/": "slow"}, default="fast")
+  make = getattr(optax, api)
+  tx = make({"slow": optax.sgd(0.01), "fast": optax.sgd(0.1)}, labels)
+  grads = jax.tree.map(lambda p: p * 3.0 + 1.0, params)
+  updates, _ = jit(tx.update)(grads, tx.init(params), params)
+  for name, u in leaves_by_path(updates).items():
+    lr = 0.01 if name.startswith("bert/encoder/") else 0.1
+    g = np.asarray(leaves_by_path(grads)[name], np.float64)
+    np.testing.assert_allclose(u, -lr * g, rtol=1e-6)
+
+
+def test_optax_freeze_accepts_a_path_mask(jit):
+  params = tree_params()
+  tx = optax.chain(
+    optax.freeze(masks.path_mask(include="^bert/embeddings/")), optax.sgd(1.0)
+  )
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jit(tx.update)(grads, tx.init(params), params)
+  for name, u in leaves_by_path(updates).items():
+    np.testing.assert_array_equal(u, 0.0 if "embeddings" in name else -1.0)
+
+
+# ---------------------------------------------------------------------------
+# freeze
+
+
+def test_freeze_forms_agree(jit):
+  params = tree_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  frozen_re = "^bert/(embeddings|pooler)/"
+  bools = nest(BERT_NAMES, lambda n: bool(re.search(frozen_re, n)))
+  results = []
+  for frozen in [frozen_re, [frozen_re], masks.path_mask(include=frozen_re), bools]:
+    tx = masks.freeze(optax.sgd(1.0), frozen=frozen)
+    updates, _ = jit(tx.update)(grads, tx.init(params), params)
+    results.append(leaves_by_path(updates))
+  for r in results:
+    for name, u in r.items():
+      np.testing.assert_array_equal(u, 0.0 if re.search(frozen_re, name) else -1.0)
+
+
+def test_freeze_nothing_trainable_and_bad_arguments():
+  params = tree_params()
+  with pytest.raises(ValueError, match=r"every parameter is frozen \(16 of 16\)"):
+    masks.freeze(optax.adam(1e-3), frozen="^(bert|cls)/").init(params)
+  with pytest.raises(ValueError, match="include pattern 'encodr' matches no"):
+    masks.freeze(optax.adam(1e-3), frozen="encodr").init(params)
+  with pytest.raises(
+    TypeError, match=r"inner must be an optax\.GradientTransformation"
+  ):
+    masks.freeze(lambda x: x, frozen="bert")
+  with pytest.raises(TypeError, match="got None"):
+    masks.freeze(optax.adam(1e-3), frozen=None)
+  with pytest.raises(TypeError, match="mask leaves must be True or False"):
+    masks.freeze(optax.adam(1e-3), frozen={"bert": "yes", "cls": False}).init(params)
+
+
+# ---------------------------------------------------------------------------
+# Real models: BERT's exclusion list, freezing, two learning rates.
+
+
+def model_setups():
+  """(params, loss, name of a frozen sub-tree's pattern) per framework."""
+  lin_params, lin_loss = linen_setup()
+  hk_params, hk_loss = haiku_setup()
+  return {
+    "linen": (lin_params, lin_loss, "^dense/"),
+    "haiku": (hk_params, hk_loss, "^mlp/~/linear_0/"),
+  }
+
+
+@pytest.mark.parametrize("framework", ["linen", "haiku"])
+def test_bert_exclusion_on_real_models(framework):
+  params, _, _ = model_setups()[framework]
+  lr, wd = 0.1, 0.01
+  tx = optax.adamw(
+    lr, weight_decay=wd, mask=masks.path_mask(exclude=BERT_EXCLUDE, strict=False)
+  )
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  flat_p, flat_new = leaves_by_path(params), leaves_by_path(new)
+  n_decayed = 0
+  for name, p in flat_p.items():
+    excluded = any(re.search(r, name) for r in BERT_EXCLUDE)
+    if excluded:
+      np.testing.assert_array_equal(flat_new[name], p)  # bit for bit
+    else:
+      n_decayed += 1
+      want = np.asarray(p, np.float64) * (1 - lr * wd)
+      np.testing.assert_allclose(flat_new[name], want, rtol=1e-6)
+  # Haiku names a bias 'b', which BERT's list does not catch: its w and b decay.
+  assert n_decayed == {"linen": 3, "haiku": 4}[framework]
+
+
+def test_bert_exclusion_nnx_optimizer():
+  model = nnx_model()
+  before = {
+    p: np.asarray(x)
+    for p, x in zip(
+      NNX_PATHS, jax.tree.leaves(nnx.state(model, nnx.Param)), strict=True
+    )
+  }
+  lr, wd = 0.1, 0.01
+  opt = nnx.Optimizer(
+    model,
+    optax.adamw(
+      lr, weight_decay=wd, mask=masks.path_mask(exclude=BERT_EXCLUDE, strict=False)
+    ),
+    wrt=nnx.Param,
+  )
+  zero_grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+  nnx_update(model, opt, zero_grads)
+  after = dict(
+    zip(NNX_PATHS, jax.tree.leaves(nnx.state(model, nnx.Param)), strict=True)
+  )
+  for name in NNX_PATHS:
+    if "LayerNorm" in name or "bias" in name:
+      np.testing.assert_array_equal(after[name], before[name])
+    else:
+      np.testing.assert_allclose(after[name], before[name] * (1 - lr * wd), rtol=1e-6)
+
+
+def adamw_reference(grads_seq, params0, flags, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
+  """float64 AdamW (Loshchilov & Hutter; optax.adamw), decay only where flags."""
+  p = {k: np.asarray(v, np.float64) for k, v in params0.items()}
+  mu = {k: np.zeros_like(v) for k, v in p.items()}
+  nu = {k: np.zeros_like(v) for k, v in p.items()}
+  for t, g in enumerate(grads_seq, start=1):
+    for k in p:
+      gk = np.asarray(g[k], np.float64)
+      mu[k] = b1 * mu[k] + (1 - b1) * gk
+      nu[k] = b2 * nu[k] + (1 - b2) * gk**2
+      step = (mu[k] / (1 - b1**t)) / (np.sqrt(nu[k] / (1 - b2**t)) + eps)
+      p[k] = p[k] - lr * (step + (wd * p[k] if flags[k] else 0.0))
+  return p
+
+
+def test_masked_adamw_matches_float64_reference_on_linen():
+  params, loss = linen_setup()
+  lr, wd = 1e-2, 0.1
+  tx = optax.adamw(
+    lr, weight_decay=wd, mask=masks.path_mask(exclude=["LayerNorm", "bias"])
+  )
+  state = tx.init(params)
+  grad = jax.jit(jax.grad(loss))
+  step = jax.jit(lambda p, s: tx.update(grad(p), s, p))
+  grads_seq, p = [], params
+  for _ in range(3):
+    grads_seq.append(leaves_by_path(grad(p)))
+    updates, state = step(p, state)
+    p = optax.apply_updates(p, updates)
+  # The reference takes the same gradients (it has no model); decay where
+  # BERT's rule says, from its own float64 params.
+  flags = {
+    n: bert_do_use_weight_decay(n, wd, ["LayerNorm", "bias"]) for n in LINEN_PATHS
+  }
+  want = adamw_reference(grads_seq, leaves_by_path(params), flags, lr, wd)
+  for name, x in leaves_by_path(p).items():
+    np.testing.assert_allclose(x, want[name], rtol=2e-5, atol=1e-6)
+
+
+def train(params, loss, tx, steps=3):
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    updates, s = tx.update(jax.grad(loss)(p), s, p)
+    return optax.apply_updates(p, updates), s
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+@pytest.mark.parametrize("framework", ["linen", "haiku"])
+def test_freezing_a_subtree_leaves_it_bit_for_bit(framework):
+  params, loss, frozen = model_setups()[framework]
+  tx = masks.freeze(optax.adam(0.05), frozen=frozen)
+  new, state = train(params, loss, tx)
+  old_leaves, new_leaves = leaves_by_path(params), leaves_by_path(new)
+  for name in old_leaves:
+    if re.search(frozen, name):
+      np.testing.assert_array_equal(new_leaves[name], old_leaves[name])
+    else:
+      assert not np.array_equal(new_leaves[name], old_leaves[name]), name
+  # Adam keeps no moments for the frozen parameters.
+  adam_mu = state.inner_states["trainable"].inner_state[0].mu
+  assert masks.paths(adam_mu) == [
+    n for n in masks.paths(params) if not re.search(frozen, n)
+  ]
+
+
+def test_freezing_with_nnx_optimizer_and_partition_labels():
+  model = nnx_model()
+  before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  # The optax.partition + set_to_zero form, with labels by path.
+  tx = optax.partition(
+    {"train": optax.adam(0.05), "frozen": optax.set_to_zero()},
+    masks.path_labels({"^layers/0/": "frozen", "^embed/": "frozen"}, default="train"),
+  )
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  for _ in range(3):
+    nnx_update(model, opt, nnx_grad(model))
+  after = jax.tree.leaves(nnx.state(model, nnx.Param))
+  for name, b, a in zip(NNX_PATHS, before, after, strict=True):
+    if name.startswith(("layers/0/", "embed/")):
+      np.testing.assert_array_equal(a, b)
+    else:
+      assert not np.array_equal(a, b), name
+
+
+def test_two_learning_rates_nnx_optimizer():
+  model = nnx_model()
+  before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  grads = nnx_grad(model)
+  tx = optax.partition(
+    {"slow": optax.sgd(0.01), "fast": optax.sgd(0.5)},
+    masks.path_labels({"^layers/": "fast"}, default="slow"),
+  )
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  nnx_update(model, opt, grads)
+  after = jax.tree.leaves(nnx.state(model, nnx.Param))
+  g = jax.tree.leaves(nnx.state(grads, nnx.Param))
+  for name, b, a, gi in zip(NNX_PATHS, before, after, g, strict=True):
+    lr = 0.5 if name.startswith("layers/") else 0.01
+    want = np.asarray(b, np.float64) - lr * np.asarray(gi, np.float64)
+    np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-7)
+    assert np.any(np.asarray(gi) != 0), name
+
+
+def test_two_learning_rates_haiku_multi_transform():
+  params, loss = haiku_setup()
+  tx = optax.multi_transform(
+    {"mlp": optax.sgd(0.2), "norm": optax.sgd(0.02)},
+    masks.path_labels({"^mlp/": "mlp", "^layer_norm/": "norm"}),
+  )
+  grads = jax.jit(jax.grad(loss))(params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for name, u in leaves_by_path(updates).items():
+    lr = 0.2 if name.startswith("mlp/") else 0.02
+    g = np.asarray(leaves_by_path(grads)[name], np.float64)
+    np.testing.assert_allclose(u, -lr * g, rtol=1e-6)
+    assert np.any(g != 0), name
