@@ -94,11 +94,6 @@ def piecewise_constant(
     step = _args.check_int(fn, f"the boundary {b!r}", b, low=0, what="steps")
     _checks.check_scalar(fn, f"the scale at step {step}", scale, low=0.0, high=None)
     pieces.append((step, scale))
-  if len({b for b, _ in pieces}) != len(pieces):
-    raise ValueError(
-      f"{fn}: boundaries_and_scales has the same step twice (e.g. 100 and "
-      f"100.0): {sorted(b for b, _ in pieces)}."
-    )
   pieces.sort(key=lambda p: p[0])
   vdt = _args.value_dtype(init_value, *(s for _, s in pieces))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,10 +18,11 @@ _MAX_EPOCH_LINES = 50
 def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
   """The values of ``schedule`` at steps ``0, 1, ..., num_steps - 1``.
 
-  The schedule is called once, on ``jnp.arange(num_steps, dtype=jnp.int32)``
-  (the int32 counts an Optax optimizer passes it); a schedule returning a
-  scalar for every step (such as :func:`optax.constant_schedule`) is
-  broadcast.
+  The schedule is called once, under :func:`jax.jit`, on
+  ``jnp.arange(num_steps, dtype=jnp.int32)`` (the int32 counts an Optax
+  optimizer passes it), as it will be called inside a jitted training step; a
+  schedule returning a scalar for every step (such as
+  :func:`optax.constant_schedule`) is broadcast.
 
   Args:
     schedule: a schedule, from :mod:`optaxtra.schedules`, Optax or your own
@@ -40,7 +42,9 @@ def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
   _args.check_schedule(fn, "schedule", schedule)
   n = _args.check_int(fn, "num_steps", num_steps, low=1, what="steps")
   steps = jnp.arange(n, dtype=jnp.int32)
-  return np.asarray(_args.as_values(fn, "schedule", schedule(steps), (n,)))
+  # One compiled call: far cheaper than dispatching every operation eagerly.
+  values = jax.jit(schedule)(steps)
+  return np.asarray(_args.as_values(fn, "schedule", values, (n,)))
 
 
 def plot(
