@@ -83,7 +83,7 @@ def _check_updates(updates: Any, params: Any, when: str) -> None:
         f"has dtype {pa.dtype}. Cast the update back (u.astype(g.dtype)), or the "
         "params change dtype when the update is applied."
       )
-    bad = int(np.size(u) - np.count_nonzero(np.asarray(jnp.isfinite(u))))
+    bad = int(np.size(u) - np.count_nonzero(np.isfinite(_float64(u))))
     if bad:
       _fail(
         f"{when}, finite gradients gave non-finite updates for '{path}' ({bad} of "
@@ -133,42 +133,57 @@ def _buffers(x: Any) -> list[Any]:
   return []
 
 
-def _check_buffers(state: Any, params: Any, when: str) -> None:
-  """No state leaf may be a params buffer, or share a buffer with another."""
+def _check_buffers(state: Any, params: Any, read: list[bool]) -> None:
+  """No leaf of the initial state may be a params buffer, nor share one.
+
+  ``read[i]``: whether the update reads (or returns) state leaf ``i``. Two state
+  leaves may share a buffer when at most one of them is read: ``jax.jit``
+  drops unread arguments, so only one is donated.
+  """
   owner: dict[Any, str] = {}
   for path, p in _leaves(params):
     for b in _buffers(p):
       owner.setdefault(b, path)
   param_ids = {id(p): path for path, p in _leaves(params) if _buffers(p)}
   seen: dict[Any, str] = {}
-  for path, x in _leaves(state):
+  for (path, x), used in zip(_leaves(state), read, strict=True):
     bufs = _buffers(x)
     hit = param_ids.get(id(x)) or next((owner[b] for b in bufs if b in owner), None)
     if hit is not None:
       _fail(
-        f"state leaf '{path}' holds the buffer of parameter '{hit}' itself "
-        f"({when}). Donating the params or the state to jax.jit (donate_argnums, "
-        "as Flax and most training loops do) would delete it or donate one buffer "
-        "twice. Keep a copy (jnp.array(p, copy=True)) or jnp.zeros_like(p)."
+        f"state leaf '{path}' returned by init holds the buffer of parameter "
+        f"'{hit}' itself. Donating the params to jax.jit (donate_argnums, as "
+        "Flax and most training loops do) deletes it, and the next update fails; "
+        "donating both donates one buffer twice. Keep a copy "
+        "(jnp.array(p, copy=True)) or jnp.zeros_like(p)."
       )
+    if not used:
+      continue
     for b in bufs:
       if b in seen:
         _fail(
-          f"state leaves '{seen[b]}' and '{path}' share one buffer ({when}); "
-          "donating the state to jax.jit fails with 'Attempt to donate the same "
-          "buffer twice'. Create each leaf separately (one jnp.zeros_like call "
-          "each)."
+          f"state leaves '{seen[b]}' and '{path}' returned by init share one "
+          "buffer, and the update reads both: donating the state to jax.jit "
+          "fails with 'Attempt to donate the same buffer twice'. Create each "
+          "leaf separately (one jnp.zeros_like call each)."
         )
       seen[b] = path
 
 
+def _state_leaves_read(update: Any, grads: Any, state: Any, params: Any) -> list[bool]:
+  """Which state leaves the traced update reads or returns."""
+  closed = jax.make_jaxpr(update)(grads, state, params)
+  used = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
+  used |= {id(v) for v in closed.jaxpr.outvars}
+  start = len(jax.tree.leaves(grads))
+  n = len(jax.tree.leaves(state))
+  return [id(v) in used for v in closed.jaxpr.invars[start : start + n]]
+
+
 def _float64(x: Any) -> np.ndarray:
-  """``|x|``-preserving float64 copy (complex128 for complex) of any leaf."""
-  x = jnp.asarray(x)
-  wide = jnp.complex64 if jnp.iscomplexobj(x) else jnp.float32
-  return np.asarray(x.astype(jnp.promote_types(x.dtype, wide))).astype(
-    np.complex128 if jnp.iscomplexobj(x) else np.float64
-  )
+  """A float64 (complex128 for complex) NumPy copy of any leaf, bfloat16 included."""
+  a = np.asarray(x)
+  return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
 
 
 def _rms(x: Any) -> float:
@@ -176,16 +191,23 @@ def _rms(x: Any) -> float:
   return float(np.sqrt(np.mean(a * a))) if a.size else 0.0
 
 
-def _default_grads(params: Any, step: int) -> Any:
-  key = jax.random.fold_in(jax.random.PRNGKey(20170224), step)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  return treedef.unflatten(
-    [
-      jax.random.normal(k, jnp.shape(p), jnp.asarray(p).dtype)
-      for k, p in zip(keys, leaves, strict=False)
-    ]
+def _host_tree(fn: Any, params: Any) -> Any:
+  """``fn(shape, dtype)`` per leaf, a NumPy array made a JAX array (no compile)."""
+  return jax.tree.map(
+    lambda p: jnp.asarray(np.asarray(fn(np.shape(p), p.dtype)).astype(p.dtype)), params
   )
+
+
+def _default_grads(params: Any, step: int) -> Any:
+  """Standard-normal gradients, a fixed draw per step (complex for complex)."""
+  rng = np.random.default_rng([20170224, step])
+
+  def draw(shape, dtype):
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return rng.standard_normal(shape)
+
+  return _host_tree(draw, params)
 
 
 def _check_inputs(tx, params, grads, num_steps, zero_grad_rtol, check_grad_dependence):
@@ -275,10 +297,10 @@ def check_transformation(
     ``jnp.zeros([], jnp.int32)``) and the update made strong. ``lax.scan``
     accepts that, but every jitted training step after the first is compiled
     anew;
-  * a leaf of the state ``init`` returns *is* one of the params' buffers, or
-    two of its leaves share one buffer (donating the params or the state to
-    :func:`jax.jit`, as Flax and most training loops do, then deletes it or
-    fails);
+  * a leaf of the state ``init`` returns *is* one of the params' buffers
+    (donating the params to :func:`jax.jit`, as Flax and most training loops
+    do, deletes it), or two of its leaves that the update reads share one
+    buffer (donating the state fails);
   * ``tx.init`` raises, or ``tx.update`` raises under ``jax.jit`` (it must be
     traceable: no Python ``if`` on traced values, no ``float(x)``).
 
@@ -351,7 +373,6 @@ def check_transformation(
     raise AssertionError(
       f"{_FN}: tx.init(params) raised {type(e).__name__}: {e}"
     ) from e
-  _check_buffers(state0, params, "after init")
   first = _signature(state0)
   for path, a in first[1]:
     if a is None:
@@ -380,6 +401,11 @@ def check_transformation(
   for step in range(1, num_steps + 1):
     when = f"at step {step}"
     updates, state = update(grads_at(step), state, when)
+    if step == 1:
+      read = _state_leaves_read(
+        lambda g, s, p: tx.update(g, s, p, **kwargs), grads_at(1), state0, params
+      )
+      _check_buffers(state0, params, read)
     if len(traces) > 1:
       changed = [
         f"'{path}': {_describe(a)} -> {_describe(b)}"
@@ -400,7 +426,8 @@ def check_transformation(
   # types as the first step's, so the compiled update is reused).
   if zero_grad_rtol is not None:
     when = "on a fresh state with zero gradients"
-    updates, _ = update(jax.tree.map(jnp.zeros_like, params), tx.init(params), when)
+    zeros = _host_tree(lambda shape, dtype: np.zeros(shape), params)
+    updates, _ = update(zeros, tx.init(params), when)
     _check_updates(updates, params, when)
     for (path, u), (_, p) in zip(_leaves(updates), _leaves(params), strict=True):
       ur, pr = _rms(u), _rms(p)
@@ -418,7 +445,8 @@ def check_transformation(
     g = grads_at(1)
     when = "on a fresh state"
     u_pos, _ = update(g, tx.init(params), when)
-    u_neg, _ = update(jax.tree.map(lambda x: -x, g), tx.init(params), when)
+    neg = jax.tree.map(lambda x: jnp.asarray(-np.asarray(x)), g)
+    u_neg, _ = update(neg, tx.init(params), when)
     for (path, a), (_, b), (_, gl) in zip(
       _leaves(u_pos), _leaves(u_neg), _leaves(g), strict=True
     ):
