@@ -203,23 +203,20 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
 # --- prototype: optaxtra's chain with lean per-leaf tracing ---------------------
 
 
-def _const(x, dt):
-  """A Python number stays weakly typed (no constant op); arrays are cast."""
-  return x if isinstance(x, int | float) else jnp.asarray(x, dt)
-
-
 def _cast(x, dt):
+  """``x.astype(dt)`` only when that changes something (a no-op cast still
+  costs a traced equation per leaf)."""
   return x if x.dtype == dt else x.astype(dt)
 
 
 def lean_adamax_clipped(*, diagnostics=True):
   """``optaxtra_tx()`` with the same three stages and states, traced leanly.
 
-  The per-leaf code of optaxtra's three stages, changed only in what it asks
-  the tracer to record: no ``astype`` to the dtype an array already has, no
-  ``jnp.asarray`` of Python hyperparameters, the bias-correction factor and
-  the learning rate computed once per step instead of once per leaf, and the
-  clip count only with ``diagnostics``.
+  optaxtra's per-leaf code, bit for bit the same arithmetic, changed only in
+  what it asks the tracer to record: the hyperparameters are converted to
+  arrays once per step and dtype instead of once per leaf, arrays are not cast
+  to the dtype they already have, and the clip count is made only with
+  ``diagnostics``.
   """
   reference = optaxtra_tx()
   s1_cls = optaxtra.ScaleByAdamaxClippedState
@@ -227,29 +224,43 @@ def lean_adamax_clipped(*, diagnostics=True):
   s3_cls = optaxtra.AddDecayedWeightsDecoupledState
   from optaxtra._dtypes import compute_dtype
 
-  def adamax_leaf(g, mu, nu):
+  def constants(cache, dt):
+    if dt not in cache:
+      b1 = jnp.asarray(B1, dt)
+      cache[dt] = (
+        b1,
+        1 - b1,
+        jnp.asarray(B2, dt),
+        jnp.asarray(EPS, dt),
+        jnp.asarray(CLIP_MULTIPLIER, dt),
+        jnp.asarray(CLIP_EPSILON, dt),
+      )
+    return cache[dt]
+
+  def adamax_leaf(g, mu, nu, cache):
     dt = compute_dtype(g, mu, nu)
+    b1, one_minus_b1, b2, eps, cm, ce = constants(cache, dt)
     gc, mu_c, nu_c = _cast(g, dt), _cast(mu, dt), _cast(nu, dt)
-    bound = nu_c * _const(CLIP_MULTIPLIER, dt) + _const(CLIP_EPSILON, dt)
+    bound = nu_c * cm + ce
     n = jnp.sum(jnp.abs(gc) > bound, dtype=jnp.int32) if diagnostics else None
     gc = jnp.clip(gc, -bound, bound)
-    b1 = _const(B1, dt)
-    mu_new = b1 * mu_c + (1 - b1) * gc
-    nu_new = jnp.maximum(_const(B2, dt) * nu_c, jnp.abs(gc))
-    out = mu_new / (nu_new + _const(EPS, dt))
+    mu_new = b1 * mu_c + one_minus_b1 * gc
+    nu_new = jnp.maximum(b2 * nu_c, jnp.abs(gc))
+    out = mu_new / (nu_new + eps)
     return _cast(out, g.dtype), _cast(mu_new, mu.dtype), _cast(nu_new, nu.dtype), n
 
   def stage1(updates, state):
     gs, treedef = jax.tree.flatten(updates)
+    cache = {}
     outs = [
-      adamax_leaf(g, m, v)
+      adamax_leaf(g, m, v, cache)
       for g, m, v in zip(
         gs, jax.tree.leaves(state.mu), jax.tree.leaves(state.nu), strict=True
       )
     ]
     u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
     if diagnostics:
-      n = sum(o[3] for o in outs).astype(jnp.float32)  # int32 adds, one convert
+      n = sum((o[3].astype(jnp.float32) for o in outs), jnp.zeros([], jnp.float32))
       frac = n / max(sum(g.size for g in gs), 1)
     else:
       frac = jnp.zeros([], jnp.float32)
@@ -258,11 +269,12 @@ def lean_adamax_clipped(*, diagnostics=True):
     )
 
   def scale(u, factor):
-    return (
-      u * factor
-      if u.dtype == factor.dtype
-      else _cast(_cast(u, compute_dtype(u, factor)) * factor, u.dtype)
-    )
+    dt = compute_dtype(u, factor)
+    return _cast(_cast(u, dt) * _cast(factor, dt), u.dtype)
+
+  def decay(u, p, rate):
+    dt = compute_dtype(u, p, rate)
+    return _cast(_cast(u, dt) - _cast(rate, dt) * _cast(p, dt), u.dtype)
 
   def update_fn(updates, state, params=None):
     s1, s2, s3 = state
@@ -270,7 +282,7 @@ def lean_adamax_clipped(*, diagnostics=True):
     lr = jnp.asarray(schedule(s2.count), jnp.float32)
     u = jax.tree.map(lambda x: scale(x, -lr), u)
     rate = WEIGHT_DECAY * jnp.asarray(schedule(s3.count), jnp.float32)
-    u = jax.tree.map(lambda x, p: x - scale(p, rate), u, params)
+    u = jax.tree.map(lambda x, p: decay(x, p, rate), u, params)
     return u, (
       s1,
       s2_cls(optax.safe_increment(s2.count), lr),
