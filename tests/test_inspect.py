@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import struct
+
 import _reference as ref
 import jax
 import jax.numpy as jnp
@@ -408,3 +412,76 @@ def test_traced_hyperparameters_under_jit():
 def test_rejects_a_transformation():
   with pytest.raises(TypeError, match=r"tx.init\(params\)"):
     optaxtra.inspect(optax.adam(1e-3))
+
+
+# --- the TensorBoard example ------------------------------------------------------
+
+
+def _read_events(directory):
+  """(tag, step, value) of every scalar in a directory's TensorBoard event files.
+
+  Event files are TFRecords (length, crc, payload, crc) of ``Event`` protos.
+  """
+  from tensorboardX.proto import event_pb2
+
+  out = []
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.append((v.tag, event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_example_writes_what_inspect_read(tmp_path):
+  pytest.importorskip("tensorboardX")
+  pytest.importorskip("matplotlib")
+  pytest.importorskip("sklearn")
+  path = pathlib.Path(__file__).parent.parent / "examples" / "tensorboard_logging.py"
+  spec = importlib.util.spec_from_file_location("tensorboard_logging", path)
+  example = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(example)
+
+  png = tmp_path / "values.png"
+  steps = 12
+  histories = example.main(
+    ["--steps", str(steps), "--logdir", str(tmp_path / "runs"), "--png", str(png)]
+  )
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+  # The schedule the example uses, from its definition (warmup 1 step, cosine).
+  def lr(n, peak=3e-3, end=1e-5, warmup=1, total=steps):
+    if n < warmup:
+      return peak * n / warmup
+    return end + (peak - end) * 0.5 * (
+      1 + np.cos(np.pi * (n - warmup) / (total - warmup))
+    )
+
+  b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))
+  adam, clipped = histories["adam"], histories["adamax_clipped"]
+  for t in range(1, steps + 1):
+    np.testing.assert_allclose(
+      adam["learning_rate"][t - 1], lr(t - 1), rtol=1e-5, atol=1e-9
+    )
+    np.testing.assert_allclose(
+      adam["effective_learning_rate"][t - 1],
+      lr(t - 1) * np.sqrt(1 - b2**t) / (1 - b1**t),
+      rtol=4e-7 / (1 - b2**t),
+      atol=1e-9,
+    )
+    np.testing.assert_allclose(
+      clipped["weight_decay"][t - 1], 1e-2 * lr(t - 1), rtol=1e-5, atol=1e-11
+    )
+  assert 0 < clipped["clip_fraction"][0] <= 1
+
+  # Every value was written to TensorBoard, every step, under its name.
+  for run, history in histories.items():
+    events = _read_events(tmp_path / "runs" / run)
+    assert len(events) == steps * len(history)
+    for tag, step, value in events:
+      key = tag.removeprefix("optimizer/")
+      assert history[key][step - 1] == pytest.approx(value, rel=1e-6, abs=1e-12)
