@@ -10,6 +10,7 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adam"
 
@@ -125,8 +126,8 @@ def scale_by_adam(
       mu_hat, nu_hat = mu_new, nu_new
       if bias_correction:
         t = count.astype(dt)
-        mu_hat = mu_new / (1 - b1_**t)
-        nu_hat = nu_new / (1 - b2_**t)
+        mu_hat = mu_new / one_minus_power(b1_, t)
+        nu_hat = nu_new / one_minus_power(b2_, t)
       out = mu_hat / (
         jnp.sqrt(nu_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt)
       )
@@ -146,7 +147,8 @@ def scale_by_adam(
     fdt = _checks.default_float()
     if bias_correction:
       t = count.astype(fdt)
-      bc = jnp.sqrt(1 - jnp.asarray(b2, fdt) ** t) / (1 - jnp.asarray(b1, fdt) ** t)
+      b1_, b2_ = jnp.asarray(b1, fdt), jnp.asarray(b2, fdt)
+      bc = jnp.sqrt(one_minus_power(b2_, t)) / one_minus_power(b1_, t)
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamState(

@@ -10,6 +10,7 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adamax_clipped"
 
@@ -174,7 +175,7 @@ def scale_by_adamax_clipped(
       nu_new = jnp.maximum(b2_ * nu_c, jnp.abs(gc))
       mu_hat = mu_new
       if bias_correction:
-        mu_hat = mu_new / (1 - b1_ ** count.astype(dt))
+        mu_hat = mu_new / one_minus_power(b1_, count.astype(dt))
       out = mu_hat / (nu_new + jnp.asarray(eps, dt))
       return (
         out.astype(g.dtype),
@@ -201,7 +202,7 @@ def scale_by_adamax_clipped(
     clip_fraction = n_clipped / max(total, 1)
     fdt = _checks.default_float()
     if bias_correction:
-      bc = 1 / (1 - jnp.asarray(b1, fdt) ** count.astype(fdt))
+      bc = 1 / one_minus_power(jnp.asarray(b1, fdt), count.astype(fdt))
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamaxClippedState(
