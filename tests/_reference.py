@@ -323,3 +323,22 @@ def composer_decoupled_adamw(
     p = new
     out.append(dict(p))
   return out
+
+
+def held(hyper: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+  """The float hyperparameters as a program computing in ``dtype`` holds them.
+
+  optaxtra computes in float32 for float32, bfloat16 and float16 params (in
+  float64 for float64 ones), with each hyperparameter rounded once to that
+  precision: float32 ``b2=0.999`` is 0.99900001287..., so ``1 - b2`` differs
+  from 0.001 by 1.3e-5 relative. The reference evaluates the same equations
+  in float64 on the values the program actually holds.
+  """
+  if np.dtype(dtype) == np.float64:
+    return dict(hyper)
+  return {
+    k: float(np.float32(v)) if isinstance(v, float) else v for k, v in hyper.items()
+  }
+
+
+DEFAULT_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
