@@ -102,10 +102,10 @@ def _flatten(fn: str, tree: Any) -> tuple[list[tuple[str, Any, bool]], Any]:
   if len(flat) == 1 and not flat[0][0] and _looks_like_step(flat[0][1]):
     raise TypeError(
       f"{fn} was called on an integer scalar ({flat[0][1]!r}), not on a "
-      "parameter tree. optax.inject_hyperparams calls every callable "
-      "hyperparameter as a schedule of the step count: list the mask or labels "
-      "in static_args, e.g. optax.inject_hyperparams(optax.adamw, "
-      "static_args=('mask',))(...)."
+      "parameter tree. This happens when a mask or labels function is passed "
+      "through optax.inject_hyperparams, which calls every callable "
+      "hyperparameter as a schedule of the step count: list it in static_args, "
+      "e.g. optax.inject_hyperparams(optax.adamw, static_args=('mask',))(...)."
     )
   entries = [
     (_join(path), node, isinstance(node, optax.MaskedNode)) for path, node in flat
@@ -233,7 +233,7 @@ def _no_match(fn: str, what: str, rx: re.Pattern, all_paths: list[str]) -> Value
     if close:
       hints.append(f"similar names: {', '.join(repr(c) for c in close)}")
     if hints:
-      msg += " Did you mean it? " + "; ".join(hints) + "."
+      msg += " Perhaps: " + "; ".join(hints) + "."
     if len(all_paths) == 1 and not all_paths[0]:
       msg += " The params are a single array, whose path is ''."
   else:
@@ -661,6 +661,11 @@ def freeze(
     and all(isinstance(f, str | re.Pattern) for f in frozen)
   ):
     mask: Any = path_mask(include=frozen)
+  elif isinstance(frozen, list | tuple) and not frozen:
+    raise ValueError(
+      f"{fn}: frozen is empty, so nothing would be frozen; use inner itself, "
+      "or list the patterns of the parameters to freeze."
+    )
   elif frozen is None:
     raise TypeError(
       f"{fn}: frozen must be patterns, a mask function or a tree of bools, got None."

@@ -663,6 +663,8 @@ def test_freeze_nothing_trainable_and_bad_arguments():
     TypeError, match=r"inner must be an optax\.GradientTransformation"
   ):
     masks.freeze(lambda x: x, frozen="bert")
+  with pytest.raises(ValueError, match="frozen is empty"):
+    masks.freeze(optax.adam(1e-3), frozen=[])
   with pytest.raises(TypeError, match="got None"):
     masks.freeze(optax.adam(1e-3), frozen=None)
   with pytest.raises(TypeError, match="mask leaves must be True or False"):
