@@ -506,6 +506,11 @@ def test_traced_values_and_optax_counts():
   np.testing.assert_allclose(
     jax.jit(lambda p: S.polynomial_decay(1.0, 0.0, 4, power=p)(2))(2.0), 0.25
   )
+  # A traced decay rate picks end_value's side (lower or upper bound) itself.
+  bounded = jax.jit(lambda r, e: S.exponential_decay(1.0, 10, r, end_value=e)(100))
+  np.testing.assert_allclose(bounded(0.5, 0.3), 0.3)
+  np.testing.assert_allclose(bounded(2.0, 4.0), 4.0)
+  np.testing.assert_allclose(bounded(0.9, 0.001), 0.9**10, rtol=1e-6)
   # As an Optax learning rate, inside optax.inject_hyperparams under jit, and
   # in optaxtra's own learning-rate stage.
   lr = S.per_epoch(S.piecewise_constant(0.1, {2: 0.1}), 3)
@@ -632,6 +637,7 @@ BAD = [
   ),
   (lambda: S.constant(1.0)(True), TypeError, "step"),
   (lambda: S.constant(1.0)("3"), TypeError, "step"),
+  (lambda: S.constant(1.0)(2**31), ValueError, "int32"),
   (lambda: S.cosine_decay(1.0, 10)(jnp.ones(2, jnp.complex64)), TypeError, "step"),
   (lambda: jax.jit(lambda n: S.cosine_decay(1.0, n))(10), TypeError, "decay_steps"),
 ]

@@ -6,7 +6,9 @@ schedules here accept Python ints and integer arrays of any shape (so
 ``jax.vmap`` safe, and return float32 (float64 under ``jax_enable_x64`` when
 their values are float64). Their boundaries (staircase steps, epochs, warmup
 ends, joins, cycles) are computed on the integer step, exact for every int32
-step. Where Optax has a schedule of the same name the signature is Optax's.
+step. Floating steps (the fractional epochs :func:`per_epoch` passes on with
+``staircase=False``) are accepted too, with floating-point boundaries. Where
+Optax has a schedule of the same name the signature is Optax's.
 Bad arguments raise ``ValueError`` naming the argument when the schedule is
 built; nothing is silently replaced by a constant.
 

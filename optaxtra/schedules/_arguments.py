@@ -123,7 +123,12 @@ def as_step(fn: str, step: Any) -> tuple[jax.Array, bool]:
     raise TypeError(f"{fn}: the step must be an integer, got {step!r}.")
   try:
     arr = jnp.asarray(step)
-  except (TypeError, OverflowError) as e:
+  except OverflowError:
+    raise ValueError(
+      f"{fn}: the step {step!r} does not fit the int32 step count (Optax's "
+      "counts are int32: at most 2**31 - 1)."
+    ) from None
+  except TypeError as e:
     raise TypeError(
       f"{fn}: the step must be an integer or an integer array, got {step!r} ({e})."
     ) from None

@@ -176,7 +176,8 @@ def per_epoch(
   epoch number, an integer, so every value holds for a whole epoch. With
   ``staircase=False`` it is ``epoch_schedule(t / steps_per_epoch)``, the
   fractional epoch (a float step, which the schedules here accept), so that
-  the value moves at every step.
+  the value moves at every step; the epoch schedule's own boundaries are then
+  compared in floating point, so use the default for exact epoch boundaries.
 
   Optimizers count *updates*. A Keras ``ExponentialDecay(1e-3,
   decay_steps=25, decay_rate=0.95, staircase=True)`` therefore decays every 25
@@ -209,9 +210,9 @@ def per_epoch(
     array([1.    , 0.8536, 0.5   , 0.1464, 0.    ], dtype=float32)
 
   References:
-    The Keras FAQ on steps and epochs; Goyal et al., `Accurate, Large
-    Minibatch SGD <https://arxiv.org/abs/1706.02677>`_, 2017 (epoch-based
-    schedules).
+    Keras, ``keras.optimizers.schedules.ExponentialDecay`` (whose
+    ``decay_steps`` counts updates); Goyal et al., `Accurate, Large Minibatch
+    SGD <https://arxiv.org/abs/1706.02677>`_, 2017 (schedules in epochs).
   """
   fn = "per_epoch"
   _args.check_schedule(fn, "epoch_schedule", epoch_schedule)

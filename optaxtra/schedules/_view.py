@@ -70,8 +70,8 @@ def plot(
     ax: a matplotlib ``Axes`` to draw on; by default a new figure's.
 
   Returns:
-    The matplotlib ``Axes``. The schedule is its first line; the epoch
-    boundaries are the following lines, labelled ``"_epoch"``.
+    The matplotlib ``Axes``, with the schedule's line added first and then
+    the epoch boundaries' lines (labelled ``"_epoch"``).
 
   Examples:
     >>> import matplotlib
@@ -90,7 +90,7 @@ def plot(
   if steps_per_epoch is not None:
     spe = _args.check_int(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
   try:
-    import matplotlib  # noqa: F401
+    from matplotlib.ticker import FormatStrFormatter
   except ImportError:
     raise ImportError(
       "optaxtra.schedules.plot needs matplotlib; install it with "
@@ -109,6 +109,9 @@ def plot(
       ax.axvline(start, color="0.6", linestyle="--", linewidth=0.8, label="_epoch")
     top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
     top.set_xlabel("epoch" if every == 1 else f"epoch (a line every {every})")
+  # Plain tick labels (1e-05, 0.001): a "1e-5" offset above the axes would
+  # collide with the epoch axis.
+  ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
   ax.set_xlim(0, max(num_steps - 1, 1))
   ax.set_xlabel("step")
   ax.set_ylabel("value")
