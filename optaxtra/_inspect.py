@@ -166,46 +166,43 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
 
   What is reported, each as the value the most recent update used:
 
-  ==========================  ================================================
-  key                         meaning
-  ==========================  ================================================
-  ``learning_rate``           the learning rate: the field of
-                              :class:`optaxtra.ScaleByLearningRateState` (and
-                              of any state with such a field, e.g. Optax's line
-                              searches), or the ``learning_rate``
-                              hyperparameter of ``inject_hyperparams``.
-  ``step_size``               :class:`optaxtra.ScaleByScheduleState`'s signed
-                              multiplier.
-  ``weight_decay``            :class:`optaxtra.AddDecayedWeightsDecoupledState`:
-                              the per-step decay rate applied,
-                              ``weight_decay(t) * schedule(t)``.
-  ``clip_fraction``           :class:`optaxtra.ScaleByAdamaxClippedState`: the
-                              share of gradient entries clipped.
-  ``bias_correction``         the factor the adaptive stage's bias correction
-                              multiplied the step by: optaxtra's Adam
-                              (``sqrt(1 - b2**t) / (1 - b1**t)``) and clipped
-                              Adamax (``1 / (1 - b1**t)``) record it; for
-                              :class:`optax.ScaleByAdamState` inside
-                              ``inject_hyperparams`` with ``b1`` and ``b2`` it
-                              is computed as Adam's, from the state's count.
-  ``effective_learning_rate`` ``learning_rate * bias_correction``, formed where
-                              one learning rate and one factor meet (see
-                              below). For ``inject_hyperparams(optax.adam)``
-                              it is Adam's
-                              ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``
-                              (Kingma & Ba, Section 2).
-  ``count``                   the number of updates done, from the outermost
-                              state that keeps a count (see below).
-  other hyperparameters       every numeric hyperparameter of
-                              ``inject_hyperparams`` under its own name
-                              (``b1``, ``b2``, ``eps``, ``weight_decay``, ...),
-                              with the meaning the wrapped factory gives it.
-  ``mini_step``,              :class:`optax.MultiStepsState`'s counters.
-  ``gradient_step``
-  ``notfinite_count``,        :func:`optax.apply_if_finite`'s counters and
-  ``last_finite``,            whether the last update was applied.
-  ``total_notfinite``
-  ==========================  ================================================
+  ``learning_rate``
+    The learning rate: the field of :class:`optaxtra.ScaleByLearningRateState`
+    (and of any state with a field so named, e.g. Optax's line searches), or
+    the ``learning_rate`` hyperparameter of ``inject_hyperparams``.
+  ``step_size``
+    :class:`optaxtra.ScaleByScheduleState`'s signed multiplier.
+  ``weight_decay``
+    :class:`optaxtra.AddDecayedWeightsDecoupledState`: the per-step decay rate
+    applied, ``weight_decay(t) * schedule(t)``. (A ``weight_decay``
+    hyperparameter of ``inject_hyperparams`` is the factory's argument: for
+    ``optax.adamw`` the coefficient that the learning rate multiplies.)
+  ``clip_fraction``
+    :class:`optaxtra.ScaleByAdamaxClippedState`: the share of gradient entries
+    clipped.
+  ``bias_correction``
+    The factor by which the adaptive stage's bias correction multiplied the
+    step: optaxtra's Adam (``sqrt(1 - b2**t) / (1 - b1**t)``) and clipped
+    Adamax (``1 / (1 - b1**t)``) record it; for an
+    :class:`optax.ScaleByAdamState` inside ``inject_hyperparams`` with ``b1``
+    and ``b2`` it is computed as Adam's from the hyperparameters and the
+    state's count.
+  ``effective_learning_rate``
+    ``learning_rate * bias_correction``, formed where one learning rate and one
+    factor meet (see Names). For ``inject_hyperparams(optax.adam)`` this is
+    Adam's ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)`` (Kingma & Ba,
+    Section 2), in the hyperparameters' precision.
+  ``count``
+    The number of updates done, from the outermost state that keeps a count
+    (see Names).
+  the other hyperparameters
+    Every numeric hyperparameter of ``inject_hyperparams``, under its own name
+    (``b1``, ``b2``, ``eps``, ...), with the meaning the wrapped factory gives it.
+  ``mini_step``, ``gradient_step``
+    :class:`optax.MultiStepsState`'s counters.
+  ``notfinite_count``, ``last_finite``, ``total_notfinite``
+    :func:`optax.apply_if_finite`'s counters, and whether the last update was
+    applied.
 
   Timing: the ``k``-th update (``k = 1, 2, ...``) uses the schedules' values at
   step ``k - 1`` and the bias correction of ``t = k``; after it, ``inspect``
@@ -248,7 +245,8 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
 
   Returns:
     A dict from the names above to JAX arrays (scalars for an ordinary state),
-    in the order the state's tree holds them.
+    in the order the state's tree holds them (a dict returned by a jitted
+    function comes back with its keys sorted).
 
   Raises:
     TypeError: when given a transformation instead of its state.

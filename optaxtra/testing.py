@@ -245,7 +245,12 @@ def _check_inputs(tx, params, grads, num_steps, zero_grad_rtol, check_grad_depen
           f"{_FN}: grads for '{path}' has shape {jnp.shape(g)}, the parameter "
           f"{jnp.shape(p)}."
         )
-      if not np.all(np.isfinite(np.asarray(g))):
+      if jnp.result_type(g) != p.dtype:
+        raise ValueError(
+          f"{_FN}: grads for '{path}' has dtype {jnp.result_type(g)}, the "
+          f"parameter {p.dtype}; gradients come in the params' dtypes."
+        )
+      if not np.all(np.isfinite(_float64(g))):
         raise ValueError(
           f"{_FN}: grads for '{path}' is not finite; the checks need finite grads."
         )

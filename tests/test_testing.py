@@ -114,6 +114,12 @@ def test_optax_aliases_pass(name):
   check_transformation(OPTAX[name](), _params())
 
 
+def test_complex_params():
+  params = {"z": jnp.asarray(np.arange(6).reshape(2, 3) * (1 + 1j), jnp.complex64)}
+  check_transformation(optax.adam(1e-3), params)
+  check_transformation(optaxtra.scale_by_learning_rate(0.1), params)
+
+
 def test_given_grads_and_extra_args():
   tx = optax.chain(optax.adam(1e-2), optax.contrib.reduce_on_plateau(patience=1))
   grads = jax.tree.map(jnp.ones_like, _params())
@@ -391,6 +397,10 @@ def test_bad_arguments():
     check_transformation(optax.sgd(0.1), {**p, "x": jnp.array(0.5)})
   with pytest.raises(ValueError, match=r"grads for 'w' has shape \(5, 4\)"):
     check_transformation(optax.sgd(0.1), p, grads={**p, "w": jnp.zeros((5, 4))})
+  with pytest.raises(ValueError, match=r"grads for 'b' has dtype bfloat16"):
+    check_transformation(
+      optax.sgd(0.1), p, grads={**p, "b": jnp.zeros(5, jnp.bfloat16)}
+    )
   with pytest.raises(ValueError, match=r"grads for 'b' is not finite"):
     check_transformation(optax.sgd(0.1), p, grads={**p, "b": jnp.full(5, jnp.nan)})
   with pytest.raises(ValueError, match="num_steps must be >= 2"):
