@@ -11,6 +11,7 @@ import functools
 import re
 from typing import NamedTuple
 
+import flax
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -171,6 +172,7 @@ def linen_setup():
 def test_paths_flax_linen():
   params, _ = linen_setup()
   assert masks.paths(params) == LINEN_PATHS
+  assert masks.paths(flax.core.freeze(params)) == LINEN_PATHS  # FrozenDict
   assert masks.paths({"params": params})[0] == "params/LayerNorm/bias"
 
 
