@@ -73,9 +73,10 @@ print(masks.paths(params0))
 # is expected (by default a pattern that matches nothing is an error, to catch
 # typos).
 #
-# The coefficients: `wd = 0.5` with the `learning_rate` coupling shrinks the
-# weights by `exp(-0.5 * sum_t lr(t))` = 0.64 over this run, about what
-# BERT's `wd = 0.01` does over its million steps at `lr = 1e-4`. The other two
+# The coefficients: with the `learning_rate` coupling, the decay alone
+# multiplies the weights by `exp(-wd * sum_t lr(t))` over a run. `wd = 0.5`
+# makes that about what BERT's `wd = 0.01` does over its million steps at a
+# peak `lr = 1e-4` (both are computed below). The other two
 # couplings get the coefficient with the same per-step decay at the peak,
 # `0.5 * peak_lr`, and L2 gets the same `0.5`, which for SGD would be the same
 # as the `learning_rate` coupling.
@@ -86,6 +87,11 @@ lr = schedules.linear_warmup(schedules.polynomial_decay(peak_lr, 0.0, steps),
                              steps // 10)
 decay_mask = masks.path_mask(exclude=["LayerNorm", "layer_norm", "bias"],
                              strict=False)
+
+bert_lr = schedules.linear_warmup(schedules.polynomial_decay(1e-4, 0.0, 10**6), 10**4)
+bert_sum = schedules.sample(bert_lr, 10**6).astype(np.float64).sum()
+print(f"decay alone multiplies the weights by {np.exp(-wd * schedules.sample(lr, steps).sum()):.2f}"
+      f" here, by {np.exp(-0.01 * bert_sum):.2f} in BERT's pre-training")
 
 
 def coupled(learning_rate, coupling, peak):

@@ -4,12 +4,13 @@
 # **Seed 001.** A TensorFlow user copies an Adamax optimizer with the
 # Neural-GPU gradient clipping (Freivalds & Liepins, 2017) and, to test their
 # understanding, makes its update return `tf.ones(...)`, expecting the weights
-# to become ones. They don't: in TensorFlow the weight assignment is an op of
-# its own, whatever the function returns. In Optax the question has a plain
-# answer: `update` returns **updates**, the *change* that
-# `optax.apply_updates(params, updates)` *adds* to the parameters. Returning
-# ones moves every weight by +1 at every step; returning the new weights
-# doubles them.
+# to become ones. They don't: they stop changing at all. In TensorFlow 1 the
+# method returns the ops to run, the assignment to the weights was no longer
+# among them, and the tensor of ones was computed and thrown away. In Optax
+# the question has a plain answer: `update` returns **updates**, the *change*
+# that `optax.apply_updates(params, updates)` *adds* to the parameters.
+# Returning ones moves every weight by +1 at every step; returning the new
+# weights doubles them.
 
 # %%
 import textwrap
