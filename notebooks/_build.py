@@ -43,9 +43,7 @@ def parse(text: str) -> list[nbformat.NotebookNode]:
       return
     body = "\n".join(lines).strip("\n")
     if kind == "markdown":
-      body = "\n".join(
-        re.sub(r"^# ?", "", line) for line in body.splitlines()
-      )
+      body = "\n".join(re.sub(r"^# ?", "", line) for line in body.splitlines())
       cells.append(nbformat.v4.new_markdown_cell(body))
     elif body:
       cells.append(nbformat.v4.new_code_cell(body))

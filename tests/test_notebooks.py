@@ -27,6 +27,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_NOTEBOOK_BYTES = 200_000
 
 
 def _kernel_manager(kernel_dir: Path):
@@ -82,6 +83,11 @@ def test_committed_notebook_is_executed(path):
   errors = [o for c in code for o in c.outputs if o.output_type == "error"]
   assert not errors, f"{path.name} was saved with an error: {errors[0].ename}"
   assert _pngs(nb), f"{path.name} was saved without a plot"
+  size = path.stat().st_size
+  assert size < MAX_NOTEBOOK_BYTES, (
+    f"{path.name} is {size} bytes; keep the saved outputs small (a few lines of "
+    "text, one or two compact plots)"
+  )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
