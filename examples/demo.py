@@ -93,7 +93,9 @@ def main(epochs: int = 30, batch_size: int = 64, seed: int = 0) -> float:
   def train_step(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    # What the update used, read back from the state, inside jit.
+    seen = optaxtra.inspect(opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss, seen
 
   rng = np.random.default_rng(seed)
   start = time.perf_counter()
@@ -104,12 +106,11 @@ def main(epochs: int = 30, batch_size: int = 64, seed: int = 0) -> float:
     losses, clipped = [], []
     for i in range(steps_per_epoch):
       idx = order[i * batch_size : (i + 1) * batch_size]
-      params, opt_state, loss = train_step(
+      params, opt_state, loss, seen = train_step(
           params, opt_state, x_train[idx], y_train[idx]
       )
-      seen = optaxtra.inspect(opt_state)
-      losses.append(float(loss))
-      clipped.append(float(seen["clip_fraction"]))
+      losses.append(loss)
+      clipped.append(seen["clip_fraction"])
     if epoch == 1 or epoch % 5 == 0 or epoch == epochs:
       print(
           f"{epoch:5d} {np.mean(losses):8.4f} {accuracy(params, x_test, y_test):8.3f} "
