@@ -223,9 +223,15 @@ def check_inject(
 
 
 def assert_close(
-  actual: Any, desired: Any, rtol: float, scale: Any = None, err_msg: str = ""
+  actual: Any,
+  desired: Any,
+  rtol: float,
+  scale: Any = None,
+  err_msg: str = "",
+  *,
+  atol: float = 0.0,
 ) -> None:
-  """``|actual - desired| <= rtol * max(|desired|, |scale|)`` entrywise.
+  """``|actual - desired| <= rtol * max(|desired|, |scale|) + atol`` entrywise.
 
   A moving average ``b * m + (1 - b) * g`` that cancels to near zero carries
   rounding errors the size of its terms, not of its result: ``scale`` is the
@@ -236,7 +242,7 @@ def assert_close(
   d = np.asarray(desired, np.float64)
   assert a.shape == d.shape, f"{err_msg}: shape {a.shape} != {d.shape}"
   ref = np.abs(d) if scale is None else np.maximum(np.abs(d), np.abs(np.asarray(scale)))
-  bound = rtol * ref
+  bound = rtol * ref + atol
   bad = ~(np.abs(a - d) <= bound)
   if np.any(bad):
     i = np.unravel_index(
