@@ -52,6 +52,17 @@ def _accuracy(logits, labels):
   return float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
 
 
+def _check_what_the_last_update_used(seen):
+  """``optaxtra.inspect`` of the trained state: what update NUM_STEPS used."""
+  last_lr = _learning_rate()(NUM_STEPS - 1)
+  assert int(seen["count"]) == NUM_STEPS
+  np.testing.assert_allclose(seen["learning_rate"], last_lr, rtol=1e-6)
+  np.testing.assert_allclose(seen["weight_decay"], WEIGHT_DECAY * last_lr, rtol=1e-6)
+  # No bias correction: the effective learning rate is the learning rate.
+  np.testing.assert_allclose(seen["effective_learning_rate"], last_lr, rtol=1e-6)
+  assert 0.0 <= float(seen["clip_fraction"]) <= 1.0
+
+
 def _check_one_decay_step(before, after, decay_rate, decayed_paths):
   """After a zero-gradient step, named leaves shrank by ``decay_rate``, others not.
 
@@ -112,23 +123,13 @@ def test_flax_nnx_optimizer_trains_digits():
   acc = _accuracy(model(jnp.asarray(x_test)), y_test)
   assert acc >= MIN_TEST_ACCURACY, acc
 
-  # The optimizer's own state: the count of every stage went to NUM_STEPS and
-  # the learning rate recorded is the schedule's value at the last update.
-  adamax_state, lr_state, wd_state = nnx.to_pure_dict(nnx.state(optimizer))[
-    "opt_state"
-  ].values()
-  assert int(adamax_state["count"]) == NUM_STEPS
-  np.testing.assert_allclose(
-    lr_state["learning_rate"], _learning_rate()(NUM_STEPS - 1), rtol=1e-6
-  )
-
-  assert int(wd_state["count"]) == NUM_STEPS
+  _check_what_the_last_update_used(optaxtra.inspect(optimizer.opt_state))
 
   fresh = nnx.Optimizer(model, _tx(exclude=["bias$", "norm"]), wrt=nnx.Param)
   before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   fresh.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
   after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  rate = nnx.to_pure_dict(nnx.state(fresh))["opt_state"][2]["weight_decay"]
+  rate = optaxtra.inspect(fresh.opt_state)["weight_decay"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(before, after, rate, {"hidden/kernel", "out/kernel"})
 
@@ -166,14 +167,14 @@ def test_flax_linen_train_state_trains_digits():
   assert int(state.step) == NUM_STEPS
   acc = _accuracy(state.apply_fn({"params": state.params}, x_test), y_test)
   assert acc >= MIN_TEST_ACCURACY, acc
-  assert int(state.opt_state[0].count) == NUM_STEPS
+  _check_what_the_last_update_used(optaxtra.inspect(state.opt_state))
 
   fresh = train_state.TrainState.create(
     apply_fn=model.apply, params=state.params, tx=state.tx
   )
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   new_state = jax.jit(lambda s, g: s.apply_gradients(grads=g))(fresh, zeros)
-  rate = new_state.opt_state[2].weight_decay
+  rate = optaxtra.inspect(new_state.opt_state)["weight_decay"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(
     state.params, new_state.params, rate, {"Dense_0/kernel", "Dense_1/kernel"}
@@ -217,12 +218,12 @@ def test_haiku_trains_digits():
 
   acc = _accuracy(net.apply(params, x_test), y_test)
   assert acc >= MIN_TEST_ACCURACY, acc
-  assert int(opt_state[0].count) == NUM_STEPS
+  _check_what_the_last_update_used(optaxtra.inspect(opt_state))
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, new_state = jax.jit(tx.update)(zeros, tx.init(params), params)
   new_params = optax.apply_updates(params, updates)
-  rate = new_state[2].weight_decay
+  rate = optaxtra.inspect(new_state)["weight_decay"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(
     params,
