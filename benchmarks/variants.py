@@ -209,7 +209,7 @@ def _cast(x, dt):
   return x if x.dtype == dt else x.astype(dt)
 
 
-def lean_adamax_clipped(*, diagnostics=True):
+def lean_adamax_clipped(*, diagnostics=True, reform=False):
   """``optaxtra_tx()`` with the same three stages and states, traced leanly.
 
   optaxtra's per-leaf code, bit for bit the same arithmetic, changed only in
@@ -217,8 +217,20 @@ def lean_adamax_clipped(*, diagnostics=True):
   arrays once per step and dtype instead of once per leaf, arrays are not cast
   to the dtype they already have, and the clip count is made only with
   ``diagnostics``.
+
+  ``reform=True`` also reorders the clipped update so that the old ``nu`` is
+  read only where ``nu`` itself is updated, which saves XLA a copy of ``nu``
+  (a fresh buffer every step): with ``|clip(g, ±c)| = min(|g|, c)``,
+
+      nu_new = max(b2 * nu, min(|g|, c)),   g_clipped = clip(g, -nu_new, nu_new)
+
+  which is the same value bit for bit whenever ``c >= b2 * nu`` for every
+  ``nu >= 0``, i.e. ``clip_multiplier >= b2`` (1.2 >= 0.999 by default): an
+  entry is clipped exactly when ``nu_new`` is the bound ``c``. The clipped
+  entries are then those with ``|g| > nu_new``.
   """
   reference = optaxtra_tx()
+  reform = reform and CLIP_MULTIPLIER >= B2
   s1_cls = optaxtra.ScaleByAdamaxClippedState
   s2_cls = optaxtra.ScaleByLearningRateState
   s3_cls = optaxtra.AddDecayedWeightsDecoupledState
@@ -242,10 +254,16 @@ def lean_adamax_clipped(*, diagnostics=True):
     b1, one_minus_b1, b2, eps, cm, ce = constants(cache, dt)
     gc, mu_c, nu_c = _cast(g, dt), _cast(mu, dt), _cast(nu, dt)
     bound = nu_c * cm + ce
-    n = jnp.sum(jnp.abs(gc) > bound, dtype=jnp.int32) if diagnostics else None
-    gc = jnp.clip(gc, -bound, bound)
-    mu_new = b1 * mu_c + one_minus_b1 * gc
-    nu_new = jnp.maximum(b2 * nu_c, jnp.abs(gc))
+    if reform:
+      nu_new = jnp.maximum(b2 * nu_c, jnp.minimum(jnp.abs(gc), bound))
+      n = jnp.sum(jnp.abs(gc) > nu_new, dtype=jnp.int32) if diagnostics else None
+      gc = jnp.clip(gc, -nu_new, nu_new)
+      mu_new = b1 * mu_c + one_minus_b1 * gc
+    else:
+      n = jnp.sum(jnp.abs(gc) > bound, dtype=jnp.int32) if diagnostics else None
+      gc = jnp.clip(gc, -bound, bound)
+      mu_new = b1 * mu_c + one_minus_b1 * gc
+      nu_new = jnp.maximum(b2 * nu_c, jnp.abs(gc))
     out = mu_new / (nu_new + eps)
     return _cast(out, g.dtype), _cast(mu_new, mu.dtype), _cast(nu_new, nu.dtype), n
 
