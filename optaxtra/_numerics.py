@@ -21,5 +21,14 @@ def one_minus_power(b: jax.Array, t: jax.Array) -> jax.Array:
 
   Returns:
     ``1 - b**t`` in ``b``'s dtype.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from optaxtra._numerics import one_minus_power
+    >>> b = jnp.float32(0.999)  # holds 0.99900001287..., so 1 - b**2 = 0.0019989742...
+    >>> one_minus_power(b, jnp.float32(2.0))
+    Array(0.00199897, dtype=float32)
+    >>> 1 - b**2  # cancels: off in the sixth digit
+    Array(0.00199896, dtype=float32)
   """
   return -jnp.expm1(t * jnp.log(b))
