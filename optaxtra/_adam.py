@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optaxtra import _checks
-from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
 from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adam"
@@ -106,13 +106,14 @@ def scale_by_adam(
   def init_fn(params):
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
-      mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params),
-      nu=jax.tree.map(jnp.zeros_like, params),
+      mu=jax.tree.map(lambda p: zeros_like(p, mu_dtype), params),
+      nu=jax.tree.map(zeros_like, params),
       bias_correction=jnp.ones([], _checks.default_float()),
     )
 
   def update_fn(updates, state, params=None):
     del params
+    _checks.check_state(_FN, state, ScaleByAdamState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
     _checks.check_float_updates(_FN, updates)
     count = optax.safe_increment(state.count)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optaxtra import _checks
-from optaxtra._dtypes import canonical_float_dtype, compute_dtype
+from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
 from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adamax_clipped"
@@ -145,8 +145,8 @@ def scale_by_adamax_clipped(
   nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
 
   def init_fn(params):
-    mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
-    nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype), params)
+    mu = jax.tree.map(lambda p: zeros_like(p, mu_dtype), params)
+    nu = jax.tree.map(lambda p: zeros_like(p, nu_dtype), params)
     return ScaleByAdamaxClippedState(
       count=jnp.zeros([], jnp.int32),
       mu=mu,
@@ -157,6 +157,7 @@ def scale_by_adamax_clipped(
 
   def update_fn(updates, state, params=None):
     del params
+    _checks.check_state(_FN, state, ScaleByAdamaxClippedState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
     _checks.check_float_updates(_FN, updates)
     count = optax.safe_increment(state.count)

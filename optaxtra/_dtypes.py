@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 
@@ -34,3 +35,16 @@ def compute_dtype(*arrays: Any) -> Any:
   Float64 inputs are computed in float64, with no detour through float32.
   """
   return jnp.result_type(jnp.float32, *(jnp.asarray(a).dtype for a in arrays))
+
+
+def zeros_like(p: jax.Array, dtype: Any | None = None) -> jax.Array:
+  """Zeros of ``p``'s shape (and ``dtype`` or ``p``'s), placed like ``p``.
+
+  ``jnp.zeros_like`` under ``jax.jit`` is a constant that sharding propagation
+  knows nothing about, so a jitted ``tx.init`` would put every moment on one
+  device. Selecting from ``p`` with an all-false predicate gives the same exact
+  zeros (never ``p``'s values, not even its NaNs) but lets the compiler give
+  them ``p``'s sharding.
+  """
+  zeros = jnp.where(jnp.zeros(jnp.shape(p), bool), p, jnp.zeros([], jnp.result_type(p)))
+  return zeros.astype(dtype if dtype is not None else jnp.result_type(p))
