@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -135,7 +134,7 @@ def _param_like_subtrees(state, params):
   return found
 
 
-def _check_state_follows_params(tx_name, state, params, how):
+def _check_state_follows_params(tx_name, state, params, how, *, scalars=True):
   """Every param-shaped state leaf has its param's sharding; scalars replicated."""
   p_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   subtrees = _param_like_subtrees(state, params)
@@ -147,7 +146,7 @@ def _check_state_follows_params(tx_name, state, params, how):
       assert s.sharding.is_equivalent_to(p.sharding, p.ndim), (
         f"{where}: state sharding {s.sharding} != param sharding {p.sharding}"
       )
-  for s in jax.tree.leaves(state):
+  for s in jax.tree.leaves(state) if scalars else ():
     if s.ndim == 0:
       assert s.sharding.is_fully_replicated, f"{tx_name} ({how}): {s.sharding}"
 
@@ -175,6 +174,18 @@ def _worker_init_jit_explicit_mesh():
           assert a.sharding.spec == s.sharding.spec, (name, a.sharding, s.sharding)
 
 
+def _worker_init_jit_auto_mesh():
+  # A plain jax.jit(tx.init) on an Auto mesh: the moments are built from the
+  # params (optaxtra._dtypes.zeros_like), so sharding propagation gives each
+  # its param's sharding. (Scalars, which depend on no param, are left to XLA;
+  # out_shardings pins them, see the next case.)
+  mesh = _mesh(explicit=False)
+  params = _place(mesh, _host_values(0))
+  for name, tx in _transforms().items():
+    state = jax.jit(tx.init)(params)
+    _check_state_follows_params(name, state, params, "plain jit", scalars=False)
+
+
 def _tree_map_params_shardings(tx, params):
   mesh = jax.tree.leaves(params)[0].sharding.mesh
   return optax.tree_map_params(
@@ -187,15 +198,14 @@ def _tree_map_params_shardings(tx, params):
 
 
 def _worker_init_jit_auto_mesh_out_shardings():
-  # With Auto mesh axes, jit does not know a traced param's sharding and
-  # zeros_like(param) does not read the param, so the state's placement must
-  # be given as out_shardings, derived from the params' with
-  # optax.tree_map_params (as for every Optax optimizer). tree_map_params
-  # calls init with a placeholder instead of params, to which a decay mask
-  # cannot be applied (the xfail below): unmasked here.
+  # With Auto mesh axes the state's scalars depend on no param, so to pin
+  # every leaf (scalars replicated) the placement is given as out_shardings,
+  # derived from the params' with
+  # optax.tree_map_params (as for every Optax optimizer), which calls init
+  # with a leafless placeholder (masks included, see the next test).
   mesh = _mesh(explicit=False)
   params = _place(mesh, _host_values(0))
-  for name, tx in _transforms(decay_mask=False).items():
+  for name, tx in _transforms().items():
     shardings = _tree_map_params_shardings(tx, params)
     state = jax.jit(tx.init, out_shardings=shardings)(params)
     _check_state_follows_params(name, state, params, "jit, out_shardings")
@@ -388,15 +398,14 @@ def test_jit_init_on_an_explicit_mesh_puts_each_moment_where_its_param_is():
   _in_subprocess("init_jit_explicit_mesh")
 
 
+def test_plain_jit_init_on_an_auto_mesh_puts_each_moment_where_its_param_is():
+  _in_subprocess("init_jit_auto_mesh")
+
+
 def test_jit_init_on_an_auto_mesh_with_out_shardings_from_tree_map_params():
   _in_subprocess("init_jit_auto_mesh_out_shardings")
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="add_decayed_weights_decoupled's init applies its mask to the "
-  "placeholder that optax.tree_map_params passes instead of params",
-)
 def test_tree_map_params_with_a_decay_mask():
   _in_subprocess("tree_map_params_with_decay_mask")
 
