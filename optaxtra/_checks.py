@@ -143,6 +143,21 @@ def path_str(path: tuple[Any, ...]) -> str:
   return "/".join(parts) if parts else "<root>"
 
 
+def check_state(fn: str, state: Any, cls: type) -> None:
+  """Raises ``TypeError`` unless ``state`` is the ``cls`` that init built.
+
+  The usual way to get something else is a checkpoint restored without a
+  target: Orbax then gives NamedTuple states back as dicts.
+  """
+  if not isinstance(state, cls):
+    raise TypeError(
+      f"{fn}: expected the {cls.__name__} made by init, got "
+      f"{type(state).__name__}. A checkpoint restored without a target comes "
+      "back as dicts and lists: restore against "
+      "jax.eval_shape(tx.init, params) (see the README's Checkpoints section)."
+    )
+
+
 def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> None:
   """Raises ``ValueError`` unless ``updates`` has ``reference``'s tree and shapes.
 

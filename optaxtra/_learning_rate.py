@@ -83,10 +83,13 @@ def _stage(
     value = _scalar(fn, name, value_fn(count))
     if nonnegative:
       _check_nonnegative(fn, name, value, 0)
-    return state_cls(count, value.astype(fdt))
+    # A copy: under inject_hyperparams value may be the hyperparams' own array,
+    # and two state leaves sharing one buffer cannot both be donated.
+    return state_cls(count, jnp.array(value, fdt, copy=True))
 
   def update_fn(updates, state, params=None):
     del params
+    _checks.check_state(fn, state, state_cls)
     _checks.check_float_updates(fn, updates, complex_ok=True)
     value = _scalar(fn, name, value_fn(state.count))
     factor = value if sign == 1 else -value

@@ -127,7 +127,9 @@ def add_decayed_weights_decoupled(
     return r
 
   def init_fn(params):
-    if mask is not None:
+    # optax.tree_map_params calls init with a leafless placeholder: no mask
+    # can (or need) be resolved on it.
+    if mask is not None and jax.tree.leaves(params):
       resolve_mask(_FN, mask, params)
     r = rate(jnp.zeros([], jnp.int32))
     if not _checks.is_traced(r) and float(r) < 0:
@@ -143,6 +145,7 @@ def add_decayed_weights_decoupled(
         f"{_FN} needs the params to decay them: call "
         "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
       )
+    _checks.check_state(_FN, state, AddDecayedWeightsDecoupledState)
     _checks.check_updates_match(_FN, updates, params, "params")
     _checks.check_float_updates(_FN, updates, complex_ok=True)
     r = rate(state.count)
