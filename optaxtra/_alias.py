@@ -102,6 +102,7 @@ def adamax_clipped(
   bias_correction: bool = False,
   mu_dtype: Any | None = None,
   nu_dtype: Any | None = None,
+  track_clip_fraction: bool = False,
   weight_decay: ScalarOrSchedule = 0.0,
   weight_decay_coupling: Coupling = "learning_rate",
   peak_learning_rate: float | None = None,
@@ -143,6 +144,9 @@ def adamax_clipped(
     bias_correction: whether to bias-correct the first moment.
     mu_dtype: dtype of the first moment (default: the params').
     nu_dtype: dtype of the infinity norm (default: the params').
+    track_clip_fraction: record the share of clipped gradient entries in the
+      state (``optaxtra.inspect(state)["clip_fraction"]``); off by default, as
+      it costs a reduction over every gradient entry.
     weight_decay: non-negative decoupled decay coefficient, float or schedule.
     weight_decay_coupling: ``"learning_rate"`` (default), ``"normalized"`` or
       ``"independent"``; see :func:`optaxtra.decay_schedule`.
@@ -190,6 +194,7 @@ def adamax_clipped(
       bias_correction=bias_correction,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      track_clip_fraction=track_clip_fraction,
     ),
     scale_by_learning_rate(learning_rate),
     add_decayed_weights_decoupled(
