@@ -83,6 +83,7 @@ def make_optimizers(num_steps: int) -> dict[str, optax.GradientTransformation]:
       schedule,
       weight_decay=1e-2,
       weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+      track_clip_fraction=True,
     ),
   }
 

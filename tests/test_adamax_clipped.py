@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import _harness
 import _reference as ref
 import jax
@@ -11,6 +13,11 @@ import optax
 import pytest
 
 import optaxtra
+
+# clip_fraction is opt-in (it costs a reduction); these tests read it.
+_tracked_scale_by_adamax_clipped = functools.partial(
+  optaxtra.scale_by_adamax_clipped, track_clip_fraction=True
+)
 
 SHAPES = ref.SHAPES
 STEPS = 12
@@ -66,7 +73,7 @@ def test_each_step_matches_reference(float_dtype, jit, options):
   """
   if not jit and options.get("clip", True) == options.get("bias_correction", False):
     pytest.skip("eager mode is covered by the seed and no_clip_bias_correction cases")
-  tx = optaxtra.scale_by_adamax_clipped(**HYPER, **options)
+  tx = _tracked_scale_by_adamax_clipped(**HYPER, **options)
   hyper = ref.held({**HYPER, **options}, float_dtype)
   update = jax.jit(tx.update) if jit else tx.update
   grads = _grads(float_dtype)
@@ -115,7 +122,7 @@ def test_trajectory_matches_reference(dtype, bias_correction, request):
   if dtype == "float64":
     request.getfixturevalue("x64")
   float_dtype = jnp.dtype(dtype)
-  tx = optaxtra.scale_by_adamax_clipped(**HYPER, bias_correction=bias_correction)
+  tx = _tracked_scale_by_adamax_clipped(**HYPER, bias_correction=bias_correction)
   grads = _grads(float_dtype)
   updates, states, _ = _harness.run(tx, _params(float_dtype), grads, jit=True)
   want, scale = _reference(
@@ -138,7 +145,7 @@ def test_trajectory_matches_reference(dtype, bias_correction, request):
 
 def test_float64_nothing_passes_through_float32(x64):
   """In float64 the result differs from one computed with float32 constants."""
-  tx = optaxtra.scale_by_adamax_clipped(**HYPER, bias_correction=True)
+  tx = _tracked_scale_by_adamax_clipped(**HYPER, bias_correction=True)
   grads = _grads(jnp.float64)
   updates, _, _ = _harness.run(tx, _params(jnp.float64), grads, jit=True)
   hyper32 = {k: float(np.float32(v)) for k, v in HYPER.items()}
@@ -162,7 +169,7 @@ def test_float64_nothing_passes_through_float32(x64):
 )
 def test_moment_dtypes(params_dtype, mu_dtype, nu_dtype):
   """mu_dtype / nu_dtype set the storage; each step matches from that state."""
-  tx = optaxtra.scale_by_adamax_clipped(**HYPER, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  tx = _tracked_scale_by_adamax_clipped(**HYPER, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
   grads = _grads(params_dtype)
   state = tx.init(_params(params_dtype))
   mu_dtype, nu_dtype = mu_dtype or params_dtype, nu_dtype or params_dtype
@@ -197,7 +204,7 @@ def test_moment_dtypes(params_dtype, mu_dtype, nu_dtype):
 
 def test_first_step_is_clipped_to_clip_epsilon():
   """With nu = 0 the first step's bound is clip_epsilon (the seed's behaviour)."""
-  tx = optaxtra.scale_by_adamax_clipped()
+  tx = _tracked_scale_by_adamax_clipped()
   g = jnp.array([3.0, -1e-3, 5e-5, -5e-5, 0.0])
   updates, state = tx.update(g, tx.init(jnp.zeros(5)))
   clipped = np.clip(np.asarray(g, np.float64), -1e-4, 1e-4)
@@ -217,7 +224,7 @@ def test_optax_adamax_exact_for_eps_zero(dtype, jit, rtol, request):
   grads = _grads(jnp.dtype(dtype))
   params = _params(jnp.dtype(dtype))
   ours, _, _ = _harness.run(
-    optaxtra.scale_by_adamax_clipped(0.9, 0.99, 0.0, clip=False, bias_correction=True),
+    _tracked_scale_by_adamax_clipped(0.9, 0.99, 0.0, clip=False, bias_correction=True),
     params,
     grads,
     jit=jit,
@@ -244,7 +251,7 @@ def test_optax_adamax_within_documented_eps_bound(x64):
   eps = 1e-3
   grads = _grads(jnp.float64)
   params = _params(jnp.float64)
-  tx = optaxtra.scale_by_adamax_clipped(
+  tx = _tracked_scale_by_adamax_clipped(
     0.9, 0.99, eps, clip=False, bias_correction=True
   )
   ours, states, _ = _harness.run(tx, params, grads, jit=True)
@@ -278,29 +285,29 @@ def test_optax_adamax_within_documented_eps_bound(x64):
 
 
 def test_clip_fraction_state():
-  tx = optaxtra.scale_by_adamax_clipped()
+  tx = _tracked_scale_by_adamax_clipped()
   state = tx.init({"a": jnp.zeros(3), "b": jnp.zeros(())})
   assert state.clip_fraction.dtype == jnp.float32 and state.clip_fraction.shape == ()
   assert float(state.clip_fraction) == 0.0
   _, state = tx.update({"a": jnp.array([1.0, 0.0, -1.0]), "b": jnp.array(1e-6)}, state)
   np.testing.assert_allclose(float(state.clip_fraction), 0.5)
-  tx = optaxtra.scale_by_adamax_clipped(clip=False)
+  tx = _tracked_scale_by_adamax_clipped(clip=False)
   _, state = tx.update(jnp.ones(3), tx.init(jnp.zeros(3)))
   assert float(state.clip_fraction) == 0.0
 
 
 def test_contract(float_dtype):
-  tx = optaxtra.scale_by_adamax_clipped(**HYPER)
+  tx = _tracked_scale_by_adamax_clipped(**HYPER)
   _harness.check_contract(tx, _params(float_dtype), _grads(float_dtype))
 
 
 def test_contract_optax_variant():
-  tx = optaxtra.scale_by_adamax_clipped(bias_correction=True, clip=False)
+  tx = _tracked_scale_by_adamax_clipped(bias_correction=True, clip=False)
   _harness.check_contract(tx, _params(jnp.float32), _grads(jnp.float32))
 
 
 def test_count_saturates():
-  tx = optaxtra.scale_by_adamax_clipped(bias_correction=True)
+  tx = _tracked_scale_by_adamax_clipped(bias_correction=True)
   _harness.check_count_saturates(tx, _params(jnp.float32), _grads(jnp.float32))
 
 
@@ -337,7 +344,7 @@ def test_inject_hyperparams_bfloat16_needs_float32_hyperparams():
 
 
 def _bad(**kwargs):
-  return lambda: optaxtra.scale_by_adamax_clipped(**kwargs)
+  return lambda: _tracked_scale_by_adamax_clipped(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -375,7 +382,7 @@ def test_bad_arguments(make, error, match):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_bad_gradients(jit):
-  tx = optaxtra.scale_by_adamax_clipped()
+  tx = _tracked_scale_by_adamax_clipped()
   state = tx.init({"w": jnp.zeros((2, 3))})
   update = jax.jit(tx.update) if jit else tx.update
   with pytest.raises(
@@ -394,3 +401,33 @@ def test_bad_gradients(jit):
     TypeError, match="'w' has dtype int32; updates must be real floating"
   ):
     update({"w": jnp.ones((2, 3), jnp.int32)}, state)
+
+
+@pytest.mark.parametrize("clip_multiplier", [1.3, 0.5], ids=["cm>=b2", "cm<b2"])
+def test_untracked_clip_fraction_changes_nothing_else(clip_multiplier):
+  """The default keeps no clip share: None in the state, absent from inspect,
+  and every update and moment bit-for-bit those of the tracked run. Both
+  clipping paths are covered: clipping to the new infinity norm (when
+  clip_multiplier >= b2) and to the bound itself (otherwise)."""
+  hyper = {**HYPER, "clip_multiplier": clip_multiplier}
+  grads, params = _grads(jnp.float32), _params(jnp.float32)
+  plain = optaxtra.scale_by_adamax_clipped(**hyper)
+  tracked = _tracked_scale_by_adamax_clipped(**hyper)
+  u_plain, s_plain, _ = _harness.run(plain, params, grads, jit=True)
+  u_tracked, s_tracked, _ = _harness.run(tracked, params, grads, jit=True)
+  for a, b in zip(u_plain, u_tracked, strict=True):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for a, b in zip(s_plain, s_tracked, strict=True):
+    assert a.clip_fraction is None and b.clip_fraction is not None
+    np.testing.assert_array_equal(np.asarray(a.nu["w"]), np.asarray(b.nu["w"]))
+    np.testing.assert_array_equal(np.asarray(a.mu["w"]), np.asarray(b.mu["w"]))
+  assert "clip_fraction" not in optaxtra.inspect(s_plain[-1])
+  assert "clip_fraction" in optaxtra.inspect(s_tracked[-1])
+  # And the tracked run with the bound below b2 * nu still follows the
+  # reference's clip share.
+  want, _ = _reference(grads, **ref.held(hyper, jnp.float32))
+  for s, w in zip(s_tracked[1:], want, strict=True):
+    np.testing.assert_allclose(float(s.clip_fraction), w["clip_fraction"], rtol=1e-7)
+    for k in SHAPES:
+      _harness.assert_close(s.nu[k], w["nu"][k], RTOL["float32"], None, f"nu {k}")

@@ -9,6 +9,8 @@ computes its own gradients.
 
 from __future__ import annotations
 
+import functools
+
 import _harness
 import _reference as ref
 import jax
@@ -18,6 +20,11 @@ import optax
 import pytest
 
 import optaxtra
+
+# clip_fraction is opt-in (it costs a reduction); these tests read it.
+_tracked_adamax_clipped = functools.partial(
+  optaxtra.adamax_clipped, track_clip_fraction=True
+)
 
 SHAPES = ref.SHAPES
 STEPS = 12
@@ -95,7 +102,7 @@ def test_trajectory_matches_reference(case, dtype, rtol, request):
   if dtype == "float64":
     request.getfixturevalue("x64")
   kwargs, decay_schedule = CASES[case]
-  tx = optaxtra.adamax_clipped(_lr, **HYPER, **kwargs)
+  tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)
   params, grads = _params(jnp.dtype(dtype)), _grads(jnp.dtype(dtype))
   _, states, trajectory = _harness.run(tx, params, grads, jit=True, apply=True)
   want = _reference(params, grads, dtype, kwargs, decay_schedule)
@@ -122,7 +129,7 @@ def test_trajectory_matches_reference(case, dtype, rtol, request):
 @pytest.mark.parametrize("case", ["seed", "learning_rate"])
 def test_eager_matches_jit(case):
   kwargs, _ = CASES[case]
-  tx = optaxtra.adamax_clipped(_lr, **HYPER, **kwargs)
+  tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)
   params, grads = _params(jnp.float32), _grads(jnp.float32)
   eager, _, _ = _harness.run(tx, params, grads, jit=False, apply=True)
   jitted, _, _ = _harness.run(tx, params, grads, jit=True, apply=True)
@@ -135,7 +142,7 @@ def test_eager_matches_jit(case):
 def test_bfloat16_each_step(case):
   """bfloat16 params and moments: each step from the optimizer's own state."""
   kwargs, decay_schedule = CASES[case]
-  tx = optaxtra.adamax_clipped(_lr, **HYPER, **kwargs)
+  tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)
   params, grads = _params(jnp.bfloat16), _grads(jnp.bfloat16)
   state = tx.init(params)
   update = jax.jit(tx.update)
@@ -268,7 +275,7 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request):
   }
   seed = SeedAdamaxOptimizer(tf, **tf_hyper)
   variables = {k: tf.Variable(np.asarray(v)) for k, v in params.items()}
-  tx = optaxtra.adamax_clipped(**{"learning_rate": 0.001, **hyper})
+  tx = _tracked_adamax_clipped(**{"learning_rate": 0.001, **hyper})
   state = tx.init(params)
   update = jax.jit(tx.update)
   lr = tf_hyper["learning_rate"]
@@ -308,7 +315,7 @@ def test_seed_001_on_digits_with_own_gradients(x64):
     logits = x @ p["kernel"] + p["bias"]
     return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
 
-  tx = optaxtra.adamax_clipped(**EXACT32)
+  tx = _tracked_adamax_clipped(**EXACT32)
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
 
@@ -351,7 +358,7 @@ def test_optax_adamax_with_eps_zero(dtype, rtol, request):
   if dtype == "float64":
     request.getfixturevalue("x64")
   params, grads = _params(jnp.dtype(dtype)), _grads(jnp.dtype(dtype))
-  ours = optaxtra.adamax_clipped(_lr, 0.9, 0.99, 0.0, clip=False, bias_correction=True)
+  ours = _tracked_adamax_clipped(_lr, 0.9, 0.99, 0.0, clip=False, bias_correction=True)
   theirs = optax.adamax(_lr, 0.9, 0.99, 0.0)
   _, _, p_ours = _harness.run(ours, params, grads, jit=True, apply=True)
   _, _, p_theirs = _harness.run(theirs, params, grads, jit=True, apply=True)
@@ -403,17 +410,17 @@ def test_decay_schedule_couplings(x64):
       r"peak_learning_rate must be in \(0, inf\)",
     ),
     (
-      lambda: optaxtra.adamax_clipped(0.1, weight_decay_coupling="pytorch"),
+      lambda: _tracked_adamax_clipped(0.1, weight_decay_coupling="pytorch"),
       "adamax_clipped: weight_decay_coupling must be one of",
     ),
     (
-      lambda: optaxtra.adamax_clipped(0.1, weight_decay=-1.0),
+      lambda: _tracked_adamax_clipped(0.1, weight_decay=-1.0),
       r"weight_decay must be in \[0",
     ),
-    (lambda: optaxtra.adamax_clipped(-0.1), r"learning_rate must be in \[0, inf\)"),
-    (lambda: optaxtra.adamax_clipped(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
-    (lambda: optaxtra.adamax_clipped(0.1, clip_multiplier=0.0), "clip_multiplier"),
-    (lambda: optaxtra.adamax_clipped(0.1, clip_epsilon=-1.0), "clip_epsilon"),
+    (lambda: _tracked_adamax_clipped(-0.1), r"learning_rate must be in \[0, inf\)"),
+    (lambda: _tracked_adamax_clipped(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
+    (lambda: _tracked_adamax_clipped(0.1, clip_multiplier=0.0), "clip_multiplier"),
+    (lambda: _tracked_adamax_clipped(0.1, clip_epsilon=-1.0), "clip_epsilon"),
   ],
 )
 def test_bad_arguments(call, match):
@@ -422,7 +429,7 @@ def test_bad_arguments(call, match):
 
 
 def test_needs_params_for_weight_decay():
-  tx = optaxtra.adamax_clipped(0.1, weight_decay=1e-4)
+  tx = _tracked_adamax_clipped(0.1, weight_decay=1e-4)
   params = _params(jnp.float32)
   with pytest.raises(ValueError, match="needs the params to decay them"):
     tx.update(_grads(jnp.float32)[0], tx.init(params))
@@ -430,7 +437,7 @@ def test_needs_params_for_weight_decay():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_bad_gradients(jit):
-  tx = optaxtra.adamax_clipped(0.1)
+  tx = _tracked_adamax_clipped(0.1)
   params = _params(jnp.float32)
   update = jax.jit(tx.update) if jit else tx.update
   with pytest.raises(ValueError, match=r"update for 'w' has shape \(5,\)"):
@@ -443,12 +450,12 @@ def test_bad_gradients(jit):
 @pytest.mark.parametrize("case", ["seed", "normalized"])
 def test_contract(float_dtype, case):
   kwargs, _ = CASES[case]
-  tx = optaxtra.adamax_clipped(_lr, **HYPER, **kwargs)
+  tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)
   _harness.check_contract(tx, _params(float_dtype), _grads(float_dtype))
 
 
 def test_count_saturates():
-  tx = optaxtra.adamax_clipped(_lr, **CASES["normalized"][0], bias_correction=True)
+  tx = _tracked_adamax_clipped(_lr, **CASES["normalized"][0], bias_correction=True)
   _harness.check_count_saturates(tx, _params(jnp.float32), _grads(jnp.float32))
 
 

@@ -41,6 +41,7 @@ def _tx(exclude):
     _learning_rate(),
     weight_decay=WEIGHT_DECAY,
     weight_decay_mask=masks.path_mask(exclude=exclude),
+    track_clip_fraction=True,
   )
 
 

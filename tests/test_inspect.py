@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import pathlib
 import struct
@@ -14,6 +15,11 @@ import optax
 import pytest
 
 import optaxtra
+
+# clip_fraction is opt-in (it costs a reduction); these tests read it.
+_tracked_adamax_clipped = functools.partial(
+  optaxtra.adamax_clipped, track_clip_fraction=True
+)
 
 SHAPES = ref.SHAPES
 STEPS = 30
@@ -132,7 +138,7 @@ def test_before_the_first_update():
   assert float(info["bias_correction"]) == 1.0
   np.testing.assert_allclose(info["effective_learning_rate"], 0.3)
 
-  tx = optaxtra.adamax_clipped(sched, weight_decay=0.5, bias_correction=True)
+  tx = _tracked_adamax_clipped(sched, weight_decay=0.5, bias_correction=True)
   info = optaxtra.inspect(tx.init(_params()))
   np.testing.assert_allclose(info["learning_rate"], 0.3)
   np.testing.assert_allclose(info["weight_decay"], 0.15)
@@ -153,7 +159,7 @@ def test_adamax_clipped_chain_reports_what_each_update_used(x64, bias_correction
     return 0.1 + (0.02 - 0.1) * jnp.minimum(n, 30) / 30
 
   mask = {"w": True, "s": False}
-  tx = optaxtra.adamax_clipped(
+  tx = _tracked_adamax_clipped(
     sched,
     b1=b1,
     weight_decay=wd,
@@ -193,7 +199,7 @@ def test_adamax_clipped_chain_reports_what_each_update_used(x64, bias_correction
 
 def test_adamax_clipped_chain_float32_eager():
   sched = optax.linear_schedule(1e-2, 1e-3, 10)
-  tx = optaxtra.adamax_clipped(sched, weight_decay=0.1)
+  tx = _tracked_adamax_clipped(sched, weight_decay=0.1)
   grads = ref.spiky_grads(4, SHAPES, 6)
   _, infos, _ = _run(tx, _params(), grads, jit=False)
   want = ref.adamax_clipped_optimizer(
@@ -244,7 +250,7 @@ def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
   tx = optax.partition(
     {
       "adam": optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b1=0.5, b2=0.75),
-      "clip": optaxtra.adamax_clipped(0.2, weight_decay=0.3),
+      "clip": _tracked_adamax_clipped(0.2, weight_decay=0.3),
     },
     {"w": "adam", "s": "clip"},
   )
@@ -380,7 +386,7 @@ def test_params_shaped_namedtuples_are_not_read():
     learning_rate: jax.Array
 
   params = Params(jnp.ones(()), jnp.ones(()))
-  info = optaxtra.inspect(optaxtra.adamax_clipped(0.1).init(params))
+  info = optaxtra.inspect(_tracked_adamax_clipped(0.1).init(params))
   assert sorted(info) == [
     "1/count",
     "2/count",

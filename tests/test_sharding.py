@@ -5,7 +5,8 @@ FSDP-style (large leaves split over a mesh axis, small ones replicated) and the
 optimizer runs under ``jax.jit``. optaxtra's transformations are elementwise
 per leaf, so each moment must live where its param lives, and an update must
 move no parameter-sized data between devices; the only communication allowed
-is the scalar all-reduce that counts clipped entries for ``clip_fraction``.
+is the scalar all-reduce that counts clipped entries for ``clip_fraction``
+(with ``track_clip_fraction=True``).
 A sharded state checkpointed with Orbax resumes bit for bit, in place.
 
 The checks run on 8 simulated CPU devices
@@ -93,6 +94,10 @@ def _transforms(decay_mask=True):
   mask = masks.path_mask(exclude=["bias", "norm"]) if decay_mask else None
   return {
     "adamax_clipped": optaxtra.adamax_clipped(
+      lr, weight_decay=1e-2, weight_decay_mask=mask, track_clip_fraction=True
+    ),
+    # Without the clip share the update communicates nothing at all.
+    "adamax_default": optaxtra.adamax_clipped(
       lr, weight_decay=1e-2, weight_decay_mask=mask
     ),
     "chain_adam": optax.chain(
@@ -102,7 +107,7 @@ def _transforms(decay_mask=True):
       optaxtra.add_decayed_weights_decoupled(1e-2, schedule=lr),
     ),
     "scale_by_adamax_clipped_bf16_mu": optaxtra.scale_by_adamax_clipped(
-      bias_correction=True, mu_dtype=jnp.bfloat16
+      bias_correction=True, mu_dtype=jnp.bfloat16, track_clip_fraction=True
     ),
   }
 
