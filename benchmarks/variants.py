@@ -8,12 +8,12 @@ Everything here is benchmark code, not library code:
   clipped entries, as optaxtra's state does.
 * ``optax_chain``: Optax's nearest chain, ``scale_by_adamax`` +
   ``add_decayed_weights`` + ``scale_by_learning_rate``.
-* ``fused_adamax_clipped``: a prototype of ``optaxtra.adamax_clipped`` as ONE
-  transformation computing the three stages in a single pass per leaf, whose
-  state has exactly the chain's structure (so ``optaxtra.inspect``,
-  checkpoints and the tests see no difference). Options: ``diagnostics``
-  (count clipped entries or not) and ``pack_below`` (concatenate the leaves
-  with fewer entries than this into one buffer and update them together).
+* ``fused_adamax_clipped`` (``--packing``): a prototype of
+  ``optaxtra.adamax_clipped`` as ONE transformation computing the three stages
+  in a single pass per leaf, whose state has exactly the chain's structure.
+  Options: ``diagnostics`` (count clipped entries or not) and ``pack_below``
+  (concatenate the leaves with fewer entries than this into one buffer and
+  update them together).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def schedule(count):
   return optax.warmup_cosine_decay_schedule(0.0, PEAK_LR, 100, 100_000)(count)
 
 
-def optaxtra_tx(*, clip=True, bias_correction=False):
+def optaxtra_tx(*, clip=True, bias_correction=False, track=False):
   """optaxtra's optimizer as a user writes it, with PyTorch's decay coupling."""
   return optaxtra.adamax_clipped(
     schedule,
@@ -43,6 +43,7 @@ def optaxtra_tx(*, clip=True, bias_correction=False):
     EPS,
     clip=clip,
     bias_correction=bias_correction,
+    track_clip_fraction=track,
     weight_decay=WEIGHT_DECAY,
   )
 
@@ -80,8 +81,14 @@ def hand_fused_init(params):
   return (jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
 
 
-def hand_fused_step(diagnostics=False):
-  """One pass per leaf: clip, moments, lr, decoupled decay, apply."""
+def hand_fused_step(diagnostics=False, naive=False):
+  """One ``jnp`` expression per leaf: clip, moments, lr, decoupled decay, apply.
+
+  By default the clip is written as optaxtra computes it, clipping to the new
+  infinity norm (the same bits; XLA then updates ``nu`` in place). ``naive``
+  transcribes the paper (clip to ``nu * clip_multiplier + clip_epsilon``,
+  then update ``nu``), for which XLA copies ``nu`` every step.
+  """
 
   def step(params, state, grads):
     count, mu, nu = state[:3]
@@ -90,12 +97,17 @@ def hand_fused_step(diagnostics=False):
 
     def leaf(p, g, m, v):
       bound = v * CLIP_MULTIPLIER + CLIP_EPSILON
-      gc = jnp.clip(g, -bound, bound)
+      if naive:
+        n = jnp.sum(jnp.abs(g) > bound, dtype=jnp.int32) if diagnostics else 0
+        gc = jnp.clip(g, -bound, bound)
+        v = jnp.maximum(B2 * v, jnp.abs(gc))
+      else:
+        v = jnp.maximum(B2 * v, jnp.minimum(jnp.abs(g), bound))
+        n = jnp.sum(jnp.abs(g) > v, dtype=jnp.int32) if diagnostics else 0
+        gc = jnp.clip(g, -v, v)
       m = B1 * m + (1 - B1) * gc
-      v = jnp.maximum(B2 * v, jnp.abs(gc))
       u = -lr * (m / (v + EPS))
       p = p + (u - rate * p)
-      n = jnp.sum(jnp.abs(g) > bound, dtype=jnp.int32) if diagnostics else 0
       return p, m, v, n
 
     out = jax.tree.map(leaf, params, grads, mu, nu)
@@ -127,19 +139,19 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
     pack_below: leaves with fewer entries than this are raveled, concatenated
       and updated as one buffer (0: no packing).
   """
-  reference = optaxtra_tx()
+  reference = optaxtra_tx(track=diagnostics)
   s1_cls = optaxtra.ScaleByAdamaxClippedState
   s2_cls = optaxtra.ScaleByLearningRateState
   s3_cls = optaxtra.AddDecayedWeightsDecoupledState
 
   def core(p, g, m, v, lr, rate):
     bound = v * CLIP_MULTIPLIER + CLIP_EPSILON
-    gc = jnp.clip(g, -bound, bound)
+    v = jnp.maximum(B2 * v, jnp.minimum(jnp.abs(g), bound))
+    n = jnp.sum(jnp.abs(g) > v, dtype=jnp.int32) if diagnostics else None
+    gc = jnp.clip(g, -v, v)
     m = B1 * m + (1 - B1) * gc
-    v = jnp.maximum(B2 * v, jnp.abs(gc))
     u = (-lr) * (m / (v + EPS))
     u = u - rate * p
-    n = jnp.sum(jnp.abs(g) > bound, dtype=jnp.int32) if diagnostics else None
     return u, m, v, n
 
   def update_fn(updates, state, params=None):
@@ -182,7 +194,7 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
       n_clipped = sum(c.astype(jnp.float32) for c in counts)
       clip_fraction = n_clipped / max(total, 1)
     else:
-      clip_fraction = jnp.zeros([], jnp.float32)
+      clip_fraction = None
     count = optax.safe_increment(s1.count)
     new_state = (
       s1_cls(
@@ -196,115 +208,5 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
       s3_cls(optax.safe_increment(s3.count), rate),
     )
     return treedef.unflatten(out_u), new_state
-
-  return optax.GradientTransformation(reference.init, update_fn)
-
-
-# --- prototype: optaxtra's chain with lean per-leaf tracing ---------------------
-
-
-def _cast(x, dt):
-  """``x.astype(dt)`` only when that changes something (a no-op cast still
-  costs a traced equation per leaf)."""
-  return x if x.dtype == dt else x.astype(dt)
-
-
-def lean_adamax_clipped(*, diagnostics=True, reform=False):
-  """``optaxtra_tx()`` with the same three stages and states, traced leanly.
-
-  optaxtra's per-leaf code, bit for bit the same arithmetic, changed only in
-  what it asks the tracer to record: the hyperparameters are converted to
-  arrays once per step and dtype instead of once per leaf, arrays are not cast
-  to the dtype they already have, and the clip count is made only with
-  ``diagnostics``.
-
-  ``reform=True`` also reorders the clipped update so that the old ``nu`` is
-  read only where ``nu`` itself is updated, which saves XLA a copy of ``nu``
-  (a fresh buffer every step): with ``|clip(g, ±c)| = min(|g|, c)``,
-
-      nu_new = max(b2 * nu, min(|g|, c)),   g_clipped = clip(g, -nu_new, nu_new)
-
-  which is the same value bit for bit whenever ``c >= b2 * nu`` for every
-  ``nu >= 0``, i.e. ``clip_multiplier >= b2`` (1.2 >= 0.999 by default): an
-  entry is clipped exactly when ``nu_new`` is the bound ``c``. The clipped
-  entries are then those with ``|g| > nu_new``.
-  """
-  reference = optaxtra_tx()
-  reform = reform and CLIP_MULTIPLIER >= B2
-  s1_cls = optaxtra.ScaleByAdamaxClippedState
-  s2_cls = optaxtra.ScaleByLearningRateState
-  s3_cls = optaxtra.AddDecayedWeightsDecoupledState
-  from optaxtra._dtypes import compute_dtype
-
-  def constants(cache, dt):
-    if dt not in cache:
-      b1 = jnp.asarray(B1, dt)
-      cache[dt] = (
-        b1,
-        1 - b1,
-        jnp.asarray(B2, dt),
-        jnp.asarray(EPS, dt),
-        jnp.asarray(CLIP_MULTIPLIER, dt),
-        jnp.asarray(CLIP_EPSILON, dt),
-      )
-    return cache[dt]
-
-  def adamax_leaf(g, mu, nu, cache):
-    dt = compute_dtype(g, mu, nu)
-    b1, one_minus_b1, b2, eps, cm, ce = constants(cache, dt)
-    gc, mu_c, nu_c = _cast(g, dt), _cast(mu, dt), _cast(nu, dt)
-    bound = nu_c * cm + ce
-    if reform:
-      nu_new = jnp.maximum(b2 * nu_c, jnp.minimum(jnp.abs(gc), bound))
-      n = jnp.sum(jnp.abs(gc) > nu_new, dtype=jnp.int32) if diagnostics else None
-      gc = jnp.clip(gc, -nu_new, nu_new)
-      mu_new = b1 * mu_c + one_minus_b1 * gc
-    else:
-      n = jnp.sum(jnp.abs(gc) > bound, dtype=jnp.int32) if diagnostics else None
-      gc = jnp.clip(gc, -bound, bound)
-      mu_new = b1 * mu_c + one_minus_b1 * gc
-      nu_new = jnp.maximum(b2 * nu_c, jnp.abs(gc))
-    out = mu_new / (nu_new + eps)
-    return _cast(out, g.dtype), _cast(mu_new, mu.dtype), _cast(nu_new, nu.dtype), n
-
-  def stage1(updates, state):
-    gs, treedef = jax.tree.flatten(updates)
-    cache = {}
-    outs = [
-      adamax_leaf(g, m, v, cache)
-      for g, m, v in zip(
-        gs, jax.tree.leaves(state.mu), jax.tree.leaves(state.nu), strict=True
-      )
-    ]
-    u, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
-    if diagnostics:
-      n = sum((o[3].astype(jnp.float32) for o in outs), jnp.zeros([], jnp.float32))
-      frac = n / max(sum(g.size for g in gs), 1)
-    else:
-      frac = jnp.zeros([], jnp.float32)
-    return u, s1_cls(
-      optax.safe_increment(state.count), mu, nu, frac, jnp.ones([], jnp.float32)
-    )
-
-  def scale(u, factor):
-    dt = compute_dtype(u, factor)
-    return _cast(_cast(u, dt) * _cast(factor, dt), u.dtype)
-
-  def decay(u, p, rate):
-    dt = compute_dtype(u, p, rate)
-    return _cast(_cast(u, dt) - _cast(rate, dt) * _cast(p, dt), u.dtype)
-
-  def update_fn(updates, state, params=None):
-    s1, s2, s3 = state
-    u, s1 = stage1(updates, s1)
-    lr = jnp.asarray(schedule(s2.count), jnp.float32)
-    u = jax.tree.map(lambda x: scale(x, -lr), u)
-    rate = WEIGHT_DECAY * jnp.asarray(schedule(s3.count), jnp.float32)
-    u = jax.tree.map(lambda x, p: decay(x, p, rate), u, params)
-    return u, (
-      s1,
-      s2_cls(optax.safe_increment(s2.count), lr),
-      s3_cls(optax.safe_increment(s3.count), rate),
-    )
 
   return optax.GradientTransformation(reference.init, update_fn)
