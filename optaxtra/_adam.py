@@ -10,6 +10,7 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
+from optaxtra._moments import map_moments
 from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adam"
@@ -118,33 +119,38 @@ def scale_by_adam(
     _checks.check_float_updates(_FN, updates)
     count = optax.safe_increment(state.count)
 
+    consts = {}
+
+    def constants(dt):  # once per dtype, not per leaf: less to trace for big trees
+      if dt not in consts:
+        b1_, b2_ = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+        t = count.astype(dt)
+        consts[dt] = (
+          b1_,
+          1 - b1_,
+          b2_,
+          1 - b2_,
+          jnp.asarray(eps_root, dt),
+          jnp.asarray(eps, dt),
+          (one_minus_power(b1_, t), one_minus_power(b2_, t))
+          if bias_correction
+          else None,
+        )
+      return consts[dt]
+
     def leaf(g, mu, nu):
       dt = compute_dtype(g, mu, nu)
-      b1_, b2_ = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+      b1_, one_minus_b1, b2_, one_minus_b2, eps_root_, eps_, bc = constants(dt)
       gc = g.astype(dt)
-      mu_new = b1_ * mu.astype(dt) + (1 - b1_) * gc
-      nu_new = b2_ * nu.astype(dt) + (1 - b2_) * (gc * gc)
+      mu_new = b1_ * mu.astype(dt) + one_minus_b1 * gc
+      nu_new = b2_ * nu.astype(dt) + one_minus_b2 * (gc * gc)
       mu_hat, nu_hat = mu_new, nu_new
       if bias_correction:
-        t = count.astype(dt)
-        mu_hat = mu_new / one_minus_power(b1_, t)
-        nu_hat = nu_new / one_minus_power(b2_, t)
-      out = mu_hat / (
-        jnp.sqrt(nu_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt)
-      )
+        mu_hat, nu_hat = mu_new / bc[0], nu_new / bc[1]
+      out = mu_hat / (jnp.sqrt(nu_hat + eps_root_) + eps_)
       return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 
-    treedef = jax.tree.structure(state.mu)
-    outs = [
-      leaf(g, m, v)
-      for g, m, v in zip(
-        jax.tree.leaves(updates),
-        jax.tree.leaves(state.mu),
-        jax.tree.leaves(state.nu),
-        strict=True,
-      )
-    ]
-    new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    new_updates, mu, nu, _ = map_moments(leaf, updates, state.mu, state.nu)
     fdt = _checks.default_float()
     if bias_correction:
       t = count.astype(fdt)

@@ -10,6 +10,7 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
+from optaxtra._moments import map_moments
 from optaxtra._numerics import one_minus_power
 
 _FN = "scale_by_adamax_clipped"
@@ -224,22 +225,12 @@ def scale_by_adamax_clipped(
         n_clipped,
       )
 
-    treedef = jax.tree.structure(state.mu)
-    outs = [
-      leaf(g, m, v)
-      for g, m, v in zip(
-        jax.tree.leaves(updates),
-        jax.tree.leaves(state.mu),
-        jax.tree.leaves(state.nu),
-        strict=True,
-      )
-    ]
-    new_updates, mu, nu = (treedef.unflatten([o[i] for o in outs]) for i in range(3))
+    new_updates, mu, nu, extras = map_moments(leaf, updates, state.mu, state.nu)
     clip_fraction = None
     if track:
       total = sum(int(jnp.size(g)) for g in jax.tree.leaves(updates))
       n_clipped = sum(
-        (o[3].astype(jnp.float32) for o in outs if o[3] is not None),
+        (n.astype(jnp.float32) for (n,) in extras if n is not None),
         jnp.zeros([], jnp.float32),
       )
       clip_fraction = (n_clipped / max(total, 1)).astype(jnp.float32)
