@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 
+from _bert_tf import create_learning_rate
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
@@ -223,43 +225,15 @@ def test_seed_003_decay_every_25_epochs(keras):
   np.testing.assert_allclose(keras_values(keras, fixed, steps), got, rtol=1e-6)
 
 
-def bert_learning_rate(tf, global_step, init_lr, num_train_steps, num_warmup_steps):
-  """BERT's ``create_optimizer`` learning rate, verbatim TF1 code with TF ops."""
-  learning_rate = tf.constant(value=init_lr, shape=[], dtype=tf.float32)
-  # Implements linear decay of the learning rate.
-  learning_rate = tf.compat.v1.train.polynomial_decay(
-    learning_rate,
-    global_step,
-    num_train_steps,
-    end_learning_rate=0.0,
-    power=1.0,
-    cycle=False,
-  )
-  if callable(learning_rate):  # eager TF2 returns the schedule unevaluated
-    learning_rate = learning_rate()
-  # Implements linear warmup. I.e., if global_step < num_warmup_steps, the
-  # learning rate will be `global_step/num_warmup_steps * init_lr`.
-  if num_warmup_steps:
-    global_steps_int = tf.cast(global_step, tf.int32)
-    warmup_steps_int = tf.constant(num_warmup_steps, dtype=tf.int32)
-    global_steps_float = tf.cast(global_steps_int, tf.float32)
-    warmup_steps_float = tf.cast(warmup_steps_int, tf.float32)
-    warmup_percent_done = global_steps_float / warmup_steps_float
-    warmup_learning_rate = init_lr * warmup_percent_done
-    is_warmup = tf.cast(global_steps_int < warmup_steps_int, tf.float32)
-    learning_rate = (1.0 - is_warmup) * learning_rate + is_warmup * warmup_learning_rate
-  return learning_rate.numpy()
-
-
 @pytest.mark.parametrize(
   ("init_lr", "num_train_steps", "num_warmup_steps"),
   [(5e-5, 3000, 300), (1e-4, 1000, 0), (2e-5, 1234, 77)],
 )
 def test_bert_create_optimizer_schedule(tf, init_lr, num_train_steps, num_warmup_steps):
   steps = np.arange(num_train_steps + 50)
-  want = bert_learning_rate(
+  want = create_learning_rate(
     tf, tf.constant(steps, tf.int64), init_lr, num_train_steps, num_warmup_steps
-  )
+  ).numpy()
   lr = S.linear_warmup(
     S.polynomial_decay(init_lr, 0.0, num_train_steps, power=1.0), num_warmup_steps
   )
