@@ -31,6 +31,13 @@ def bench():
     sys.path.remove(str(ROOT / "benchmarks"))
 
 
+def test_dispatch_cost_runs(bench):
+  import dispatch_cost
+
+  med = dispatch_cost.main(reps=1, steps=2)
+  assert set(med) == {(n, inc) for n in dispatch_cost.COUNTS for inc in (True, False)}
+
+
 def test_contenders_agree(bench):
   """Hand-fused, its naive form, the prototypes and the tracked step equal
   optaxtra (bit for bit where claimed); optaxtra(clip=False, bc) equals Optax's
