@@ -747,12 +747,31 @@ def _fmt(x, spec=".2f"):
   return "–" if x is None else format(x, spec)
 
 
-def _kern_rows(group, name):
-  return (
-    {name}
-    if any("kernels" in d["rows"].get(name, {}) for d in group.values())
-    else set()
-  )
+def _grid(title, group, label, cell, keep=None) -> list[str]:
+  """A Markdown table: one row per contender, one column per key of ``group``.
+
+  ``cell(rows, name)`` renders a contender present in a column's rows; absent
+  ones get a dash. ``keep(name)`` filters the contenders.
+  """
+  keys = list(group)
+  names = []
+  for key in keys:
+    names += [n for n in group[key]["rows"] if n not in names]
+  if keep is not None:
+    names = [n for n in names if keep(n)]
+  lines = [
+    title,
+    "",
+    "| contender | " + " | ".join(label(k) for k in keys) + " |",
+    "| --- |" + " ---: |" * len(keys),
+  ]
+  for name in names:
+    cells = [
+      cell(group[k]["rows"], name) if name in group[k]["rows"] else "–" for k in keys
+    ]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
+  return lines
 
 
 def markdown(res) -> str:
@@ -772,94 +791,67 @@ def markdown(res) -> str:
     "",
   ]
   roof = bw["roofline_gbs"]
-  one = res["one_leaf"]
+  one, trees = res["one_leaf"], res["trees"]
+
+  def size(s):
+    return f"{int(s):.0e}"
+
   if one:
-    sizes = list(one)
-    names = []
-    for s in sizes:
-      names += [n for n in one[s]["rows"] if n not in names]
-    out += [
+
+    def time_cell(rows, name):
+      r = _ratio(rows, name, "hand-fused")
+      return f"{rows[name]['step_s'] * 1e3:.3g} ({_fmt(r)}x)"
+
+    def bandwidth_cell(rows, name):
+      g = rows[name]["gbs"]
+      return f"{g:.1f} ({100 * g / roof:.0f}%)"
+
+    out += _grid(
       "### One leaf: time per step (ms), and ratio to the hand-fused update",
-      "",
-      "| contender | " + " | ".join(f"{int(s):.0e}" for s in sizes) + " |",
-      "| --- |" + " ---: |" * len(sizes),
-    ]
-    for name in names:
-      cells = []
-      for s in sizes:
-        rows = one[s]["rows"]
-        if name not in rows:
-          cells.append("–")
-          continue
-        r = _ratio(rows, name, "hand-fused")
-        cells.append(f"{rows[name]['step_s'] * 1e3:.3g} ({_fmt(r)}x)")
-      out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += [
-      "",
+      one,
+      size,
+      time_cell,
+    )
+    out += _grid(
       f"### One leaf: achieved bandwidth, {BYTES_PER_PARAM} B/param "
       f"(GB/s, and % of the {roof:.1f} GB/s roofline)",
-      "",
-      "| contender | " + " | ".join(f"{int(s):.0e}" for s in sizes) + " |",
-      "| --- |" + " ---: |" * len(sizes),
-    ]
-    for name in names:
-      cells = []
-      for s in sizes:
-        rows = one[s]["rows"]
-        g = rows[name]["gbs"] if name in rows else None
-        cells.append("–" if g is None else f"{g:.1f} ({100 * g / roof:.0f}%)")
-      out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
-  trees = res["trees"]
+      one,
+      size,
+      bandwidth_cell,
+    )
   if trees:
-    counts = list(trees)
-    names = []
-    for c in counts:
-      names += [n for n in trees[c]["rows"] if n not in names]
-    total = trees[counts[0]]["total"]
-    out += [
+
+    def tree_cell(rows, name):
+      r = rows[name]
+      cell = f"{r['step_s'] * 1e3:.3g} ({_fmt(_ratio(rows, name, 'optax-chain'))}x)"
+      if "compile_s" in r:
+        cell += f" \\| {r['trace_s']:.2f} \\| {r['compile_s']:.2f}"
+      return cell
+
+    total = next(iter(trees.values()))["total"]
+    out += _grid(
       f"### Trees of about {total:.0e} entries: step (ms) | trace+lower s | "
       "XLA compile s, ratio of step to Optax's chain",
-      "",
-      "| contender | " + " | ".join(f"{c} leaves" for c in counts) + " |",
-      "| --- |" + " ---: |" * len(counts),
-    ]
-    for name in names:
-      cells = []
-      for c in counts:
-        rows = trees[c]["rows"]
-        if name not in rows:
-          cells.append("–")
-          continue
-        r = rows[name]
-        cell = f"{r['step_s'] * 1e3:.3g} ({_fmt(_ratio(rows, name, 'optax-chain'))}x)"
-        if "compile_s" in r:
-          cell += f" \\| {r['trace_s']:.2f} \\| {r['compile_s']:.2f}"
-        cells.append(cell)
-      out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
+      trees,
+      lambda c: f"{c} leaves",
+      tree_cell,
+    )
+
+  def kernel_cell(rows, name):
+    k = rows[name].get("kernels")
+    return "–" if not k else f"{k['array_fusions']}+{k['array_copies']}"
+
   for title, group in (("one leaf, size", one), ("tree, leaves", trees)):
-    if not group:
-      continue
-    keys = list(group)
-    names = []
-    for c in keys:
-      names += [
-        n for n in group[c]["rows"] if n not in names and n in _kern_rows(group, n)
-      ]
-    out += [
-      f"### Compiled kernels: fusions + copies on arrays (scalars excluded), {title}",
-      "",
-      "| contender | " + " | ".join(keys) + " |",
-      "| --- |" + " ---: |" * len(keys),
-    ]
-    for name in names:
-      cells = []
-      for c in keys:
-        k = group[c]["rows"].get(name, {}).get("kernels")
-        cells.append("–" if not k else f"{k['array_fusions']}+{k['array_copies']}")
-      out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
+    if group:
+      out += _grid(
+        "### Compiled kernels: fusions + copies on arrays (scalars excluded), " + title,
+        group,
+        str,
+        kernel_cell,
+        keep=lambda name, group=group: any(
+          "kernels" in d["rows"].get(name, {}) for d in group.values()
+        ),
+      )
   fixed = res.get("fixed")
   if fixed:
     rows = fixed["rows"]
