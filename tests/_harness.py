@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import _reference as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,18 @@ INT32_MAX = 2**31 - 1
 def as_dtype(tree: Any, dtype: Any) -> Any:
   """A NumPy/JAX tree as JAX arrays of ``dtype``."""
   return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def grads(dtype: Any, seed: int, steps: int, shapes: Any = None) -> list[Any]:
+  """``steps`` gradient trees from ``_reference.spiky_grads``, as ``dtype``."""
+  shapes = ref.SHAPES if shapes is None else shapes
+  return [as_dtype(g, dtype) for g in ref.spiky_grads(seed, shapes, steps)]
+
+
+def normal_params(dtype: Any, seed: int, shapes: Any) -> dict[str, jax.Array]:
+  """Standard-normal params of ``shapes`` (a name -> shape dict), as ``dtype``."""
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
 
 
 def run(

@@ -342,3 +342,12 @@ def held(hyper: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
 
 
 DEFAULT_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
+# Adamax hyperparameters that are inexact in float32, so that a detour through
+# float32 shows.
+ADAMAX_HYPER = {
+  "b1": 0.9,
+  "b2": 0.99,
+  "eps": 1e-7,
+  "clip_multiplier": 1.3,
+  "clip_epsilon": 1e-4,
+}

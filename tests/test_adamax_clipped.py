@@ -21,14 +21,7 @@ _tracked_scale_by_adamax_clipped = functools.partial(
 
 SHAPES = ref.SHAPES
 STEPS = 12
-# Values that are inexact in float32, so that a detour through float32 shows.
-HYPER = {
-  "b1": 0.9,
-  "b2": 0.99,
-  "eps": 1e-7,
-  "clip_multiplier": 1.3,
-  "clip_epsilon": 1e-4,
-}
+HYPER = ref.ADAMAX_HYPER
 
 # Tolerances per params dtype. float64 must agree to rounding: a hyperparameter
 # or factor that passed through float32 would be off by ~1e-8 relative.
@@ -36,7 +29,7 @@ RTOL = {"float32": 2e-6, "bfloat16": 2**-8, "float64": 1e-13}
 
 
 def _grads(dtype, seed=0, steps=STEPS):
-  return [_harness.as_dtype(g, dtype) for g in ref.spiky_grads(seed, SHAPES, steps)]
+  return _harness.grads(dtype, seed, steps)
 
 
 def _params(dtype):

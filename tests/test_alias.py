@@ -29,22 +29,15 @@ _tracked_adamax_clipped = functools.partial(
 SHAPES = ref.SHAPES
 STEPS = 12
 MASK = {"w": True, "s": False}
-HYPER = {
-  "b1": 0.9,
-  "b2": 0.99,
-  "eps": 1e-7,
-  "clip_multiplier": 1.3,
-  "clip_epsilon": 1e-4,
-}
+HYPER = ref.ADAMAX_HYPER
 
 
 def _grads(dtype, shapes=SHAPES, steps=STEPS, seed=5):
-  return [_harness.as_dtype(g, dtype) for g in ref.spiky_grads(seed, shapes, steps)]
+  return _harness.grads(dtype, seed, steps, shapes)
 
 
 def _params(dtype, shapes=SHAPES, seed=6):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+  return _harness.normal_params(dtype, seed, shapes)
 
 
 def _lr(n):

@@ -28,12 +28,11 @@ RTOL = {"float32": 1e-6, "bfloat16": 2**-8, "float64": 1e-14}
 
 
 def _grads(dtype, shapes=SHAPES, steps=STEPS, seed=3):
-  return [_harness.as_dtype(g, dtype) for g in ref.spiky_grads(seed, shapes, steps)]
+  return _harness.grads(dtype, seed, steps, shapes)
 
 
 def _params(dtype, shapes=SHAPES, seed=4):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+  return _harness.normal_params(dtype, seed, shapes)
 
 
 def _lr(n):
