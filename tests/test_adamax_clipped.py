@@ -400,7 +400,8 @@ def test_bad_gradients(jit):
 @pytest.mark.parametrize("clip_multiplier", [1.3, 0.5], ids=["cm>=b2", "cm<b2"])
 def test_untracked_clip_fraction_changes_nothing_else(clip_multiplier):
   """The default keeps no clip share: None in the state, absent from inspect,
-  and every update and moment bit-for-bit those of the tracked run. Both
+  and every update and moment those of the tracked run (within
+  CROSS_PROGRAM_ULPS: the two are different compiled programs). Both
   clipping paths are covered: clipping to the new infinity norm (when
   clip_multiplier >= b2) and to the bound itself (otherwise)."""
   hyper = {**HYPER, "clip_multiplier": clip_multiplier}
@@ -411,11 +412,11 @@ def test_untracked_clip_fraction_changes_nothing_else(clip_multiplier):
   u_tracked, s_tracked, _ = _harness.run(tracked, params, grads, jit=True)
   for a, b in zip(u_plain, u_tracked, strict=True):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+      _harness.assert_max_ulp(x, y, err_msg="updates")
   for a, b in zip(s_plain, s_tracked, strict=True):
     assert a.clip_fraction is None and b.clip_fraction is not None
-    np.testing.assert_array_equal(np.asarray(a.nu["w"]), np.asarray(b.nu["w"]))
-    np.testing.assert_array_equal(np.asarray(a.mu["w"]), np.asarray(b.mu["w"]))
+    _harness.assert_max_ulp(a.nu["w"], b.nu["w"], err_msg="nu")
+    _harness.assert_max_ulp(a.mu["w"], b.mu["w"], err_msg="mu")
   assert "clip_fraction" not in optaxtra.inspect(s_plain[-1])
   assert "clip_fraction" in optaxtra.inspect(s_tracked[-1])
   # And the tracked run with the bound below b2 * nu still follows the
