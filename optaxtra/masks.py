@@ -493,8 +493,9 @@ def path_labels(
     >>> labels = masks.path_labels({"^encoder/": "slow"}, default="fast")
     >>> labels(params)
     {'encoder': {'kernel': 'slow'}, 'head': {'kernel': 'fast'}}
-    >>> tx = optax.partition({"slow": optax.sgd(0.01), "fast": optax.sgd(0.1)},
-    ...                      labels)
+    >>> # optax.partition in optax >= 0.2.5; optax.transforms.partition in all
+    >>> tx = optax.transforms.partition(
+    ...   {"slow": optax.sgd(0.01), "fast": optax.sgd(0.1)}, labels)
     >>> state = tx.init(params)
     >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state)
     >>> updates["encoder"]["kernel"], updates["head"]["kernel"]
@@ -685,4 +686,6 @@ def freeze(
     treedef = jax.tree.structure(tree)
     return treedef.unflatten([_FROZEN if f else _TRAINABLE for f in flags])
 
-  return optax.partition({_TRAINABLE: inner, _FROZEN: optax.set_to_zero()}, labels)
+  return optax.transforms.partition(
+    {_TRAINABLE: inner, _FROZEN: optax.set_to_zero()}, labels
+  )

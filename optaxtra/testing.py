@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optaxtra import _checks
+from optaxtra import _checks, _compat
 
 __all__ = ["check_transformation"]
 
@@ -34,7 +34,7 @@ def _leaves(tree: Any) -> list[tuple[str, Any]]:
 
 def _aval(x: Any) -> Any:
   try:
-    return jax.typeof(x)
+    return _compat.typeof(x)
   except TypeError:
     return None
 

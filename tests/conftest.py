@@ -2,6 +2,12 @@
 
 The suite runs under pytest-xdist with many tests per process, so global JAX
 configuration is only ever changed inside a fixture that restores it.
+
+Tests that need a heavy optional dependency (the reference frameworks, Flax,
+Haiku, Orbax, Jupyter, plotting) are marked ``heavy``: either explicitly, or
+by using one of the fixtures in ``HEAVY_FIXTURES``, which import them. The
+quick loop ``pytest -m "not heavy"`` runs everything else with only JAX, Optax
+and NumPy installed; see _deps.py for what a missing dependency does.
 """
 
 from __future__ import annotations
@@ -9,6 +15,64 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from _deps import need
+
+# Fixtures that import a heavy dependency: a test that uses one, directly or
+# through another fixture, is marked heavy.
+HEAVY_FIXTURES = frozenset({"torch", "tf", "keras", "tf_history"})
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+    "markers",
+    "heavy: needs a heavy optional dependency (PyTorch, TensorFlow, Keras, Flax, "
+    "Haiku, Orbax, Jupyter, matplotlib, scikit-learn, tensorboardX); "
+    "deselect with -m 'not heavy'",
+  )
+
+
+# Modules whose every test is heavy; they import Flax, Haiku, Orbax or Jupyter
+# at module level, so under -m "not heavy" they are not even collected (and
+# need not be installed).
+HEAVY_MODULES = frozenset(
+  {
+    "test_checkpoint.py",
+    "test_frameworks.py",
+    "test_masks_frameworks.py",
+    "test_notebooks.py",
+  }
+)
+
+
+def pytest_ignore_collect(collection_path, config):
+  markexpr = config.getoption("markexpr", "") or ""
+  if collection_path.name in HEAVY_MODULES and "not heavy" in markexpr:
+    return True
+  return None
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.heavy)
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """PyTorch (the CPU build the test extra pins), imported once."""
+  return need("torch")
+
+
+@pytest.fixture(scope="session")
+def tf():
+  """TensorFlow, imported once, only by the tests that need it."""
+  return need("tensorflow")
+
+
+@pytest.fixture(scope="session")
+def keras():
+  """Keras 3 on TensorFlow, imported once, only by the tests that need it."""
+  return need("keras")
 
 
 @pytest.fixture

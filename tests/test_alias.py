@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _deps import need
 
 import optaxtra
 
@@ -248,9 +249,8 @@ EXACT32 = {
   ],
   ids=["float32-defaults", "float32-exact", "float64-exact"],
 )
-def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request):
+def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
   """Whole parameter trajectories on the same gradients, 20 steps."""
-  tf = pytest.importorskip("tensorflow")
   if dtype == "float64":
     request.getfixturevalue("x64")
   shapes = {"kernel": (4, 5), "bias": (5,)}
@@ -294,10 +294,9 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request):
   assert clipped_later
 
 
-def test_seed_001_on_digits_with_own_gradients(x64):
+def test_seed_001_on_digits_with_own_gradients(x64, tf):
   """Softmax regression on scikit-learn's digits, each side taking its own gradients."""
-  tf = pytest.importorskip("tensorflow")
-  datasets = pytest.importorskip("sklearn.datasets")
+  datasets = need("sklearn.datasets")
   x, y = datasets.load_digits(return_X_y=True)
   x, y = x[:256] / 16.0, y[:256]
   onehot = np.eye(10)[y]

@@ -77,13 +77,6 @@ VARIABLES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tf():
-  import tensorflow as tf
-
-  return tf
-
-
 # ---------------------------------------------------------------------------
 # The seed's code, in TensorFlow 2 eager.
 

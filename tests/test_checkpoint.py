@@ -27,6 +27,8 @@ import pytest
 import optaxtra
 from optaxtra import masks, schedules
 
+pytestmark = pytest.mark.heavy
+
 STEPS = 20
 BATCH_SIZE = 32
 

@@ -24,6 +24,8 @@ import optaxtra
 from optaxtra import masks
 from optaxtra._checks import path_str
 
+pytestmark = pytest.mark.heavy
+
 NUM_STEPS = 200
 BATCH_SIZE = 64
 HIDDEN = 64

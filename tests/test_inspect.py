@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _deps import need
 
 import optaxtra
 
@@ -250,7 +251,7 @@ def test_optaxtra_adam_bias_correction_with_a_learning_rate_stage():
 
 def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
   params = _params()
-  tx = optax.partition(
+  tx = optax.transforms.partition(
     {
       "adam": optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b1=0.5, b2=0.75),
       "clip": _tracked_adamax_clipped(0.2, weight_decay=0.3),
@@ -350,8 +351,9 @@ def test_masked_multisteps_and_apply_if_finite():
   assert int(last["gradient_step"]) == 2
 
 
+@pytest.mark.heavy
 def test_nnx_optimizer_state():
-  nnx = pytest.importorskip("flax.nnx")
+  nnx = need("flax.nnx")
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   sched = optax.linear_schedule(0.1, 0.0, 10)
   opt = nnx.Optimizer(
@@ -437,10 +439,10 @@ def _read_events(directory):
   return out
 
 
+@pytest.mark.heavy
 def test_tensorboard_example_writes_what_inspect_read(tmp_path):
-  pytest.importorskip("tensorboardX")
-  pytest.importorskip("matplotlib")
-  pytest.importorskip("sklearn")
+  for name in ("tensorboardX", "matplotlib", "sklearn"):
+    need(name)
   path = pathlib.Path(__file__).parent.parent / "examples" / "tensorboard_logging.py"
   spec = importlib.util.spec_from_file_location("tensorboard_logging", path)
   example = importlib.util.module_from_spec(spec)

@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from _deps import need
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.heavy
+nbformat = need("nbformat")
+nbclient = need("nbclient")
+need("ipykernel")
+need("matplotlib")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -22,26 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _deps import need
 
 import optaxtra
 from optaxtra import schedules as S
 
 INT32_MAX = 2**31 - 1
-
-
-@pytest.fixture(scope="module")
-def keras():
-  """Keras 3 on TensorFlow (imported once, only by the tests that need it)."""
-  import keras
-
-  return keras
-
-
-@pytest.fixture(scope="module")
-def tf():
-  import tensorflow as tf
-
-  return tf
 
 
 def keras_values(keras, schedule, steps) -> np.ndarray:
@@ -635,8 +621,9 @@ def test_integral_floats_are_whole_steps():
 # plot.
 
 
+@pytest.mark.heavy
 def test_plot_marks_epoch_boundaries(tmp_path):
-  matplotlib = pytest.importorskip("matplotlib")
+  matplotlib = need("matplotlib")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -112,8 +113,26 @@ def _transforms(decay_mask=True):
   }
 
 
+# Meshes whose axes are typed (Auto, Explicit) and jax.set_mesh came with
+# jax 0.7; before them every mesh is what Auto now names.
+HAS_AXIS_TYPES = hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh")
+needs_explicit_axes = pytest.mark.skipif(
+  not HAS_AXIS_TYPES,
+  reason=f"explicit-axis meshes need jax.sharding.AxisType (jax {jax.__version__})",
+)
+
+
+def _use_mesh(mesh):
+  """The context that makes ``mesh`` the current one."""
+  return jax.set_mesh(mesh) if HAS_AXIS_TYPES else mesh
+
+
 def _mesh(explicit):
   assert jax.device_count() == NUM_DEVICES, jax.devices()
+  if not HAS_AXIS_TYPES:
+    assert not explicit
+    devices = np.asarray(jax.devices()).reshape(2, 4)
+    return jax.sharding.Mesh(devices, ("data", "fsdp"))
   kind = jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
   return jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(kind, kind))
 
@@ -167,7 +186,7 @@ def _worker_init_jit_explicit_mesh():
   # With Explicit mesh axes every traced array carries its sharding, so an init
   # under jit places zeros_like(param) exactly like the param.
   mesh = _mesh(explicit=True)
-  with jax.set_mesh(mesh):
+  with _use_mesh(mesh):
     params = _place(mesh, _host_values(0))
     for name, tx in _transforms().items():
       state = jax.jit(tx.init)(params)
@@ -243,7 +262,7 @@ def _update_case(explicit):
     for g in host_grads:
       ref_p, ref_s = jax.jit(step)(ref_p, ref_s, jax.device_put(g, cpu0))
 
-    with jax.set_mesh(mesh):
+    with _use_mesh(mesh):
       params = _place(mesh, host_params)
       state = tx.init(params)
       grads = [_place(mesh, g) for g in host_grads]
@@ -399,6 +418,7 @@ def test_eager_init_puts_each_moment_where_its_param_is():
   _in_subprocess("init_eager")
 
 
+@needs_explicit_axes
 def test_jit_init_on_an_explicit_mesh_puts_each_moment_where_its_param_is():
   _in_subprocess("init_jit_explicit_mesh")
 
@@ -419,10 +439,12 @@ def test_sharded_update_moves_only_scalars_auto_mesh():
   _in_subprocess("update_auto_mesh")
 
 
+@needs_explicit_axes
 def test_sharded_update_moves_only_scalars_explicit_mesh():
   _in_subprocess("update_explicit_mesh")
 
 
+@pytest.mark.heavy  # Orbax
 def test_sharded_checkpoint_resumes_bit_for_bit():
   _in_subprocess("checkpoint_resume_sharded")
 

@@ -180,9 +180,10 @@ def _adamw_chain(lr, weight_decay, mask, *, schedule, **adam):
   ("dtype", "rtol", "step_rtol"),
   [("float32", 1e-6, STEP_RTOL32), ("float64", 1e-13, 1e-13)],
 )
-def test_torch_adamw_lambdalr_with_a_no_decay_group(dtype, rtol, step_rtol, request):
+def test_torch_adamw_lambdalr_with_a_no_decay_group(
+  dtype, rtol, step_rtol, request, torch
+):
   """torch.optim.AdamW + LambdaLR, biases in a weight_decay=0 group."""
-  torch = pytest.importorskip("torch")
   if dtype == "float64":
     request.getfixturevalue("x64")
   base_lr, weight_decay = 0.01, 0.1
@@ -245,9 +246,8 @@ def test_optax_adamw():
       )
 
 
-def test_keras_adamw():
+def test_keras_adamw(keras):
   """Keras 3 AdamW: decay lr(n) * wd * p, a PolynomialDecay schedule, an exclusion."""
-  keras = pytest.importorskip("keras")
   shapes = {"kernel": (4, 5), "bias": (5,)}
   params, grads = _params(jnp.float32, shapes), _grads(jnp.float32, shapes)
   schedule = keras.optimizers.schedules.PolynomialDecay(0.01, 10, 0.001)
@@ -309,9 +309,8 @@ def _bert_optimizer(tf, variables, *, learning_rate, weight_decay_rate, exclude)
   return apply_gradients
 
 
-def test_bert_adam_weight_decay_optimizer():
+def test_bert_adam_weight_decay_optimizer(tf):
   """Seed 004: Adam without bias correction, decay lr * wd * p, BERT's schedule."""
-  tf = pytest.importorskip("tensorflow")
   shapes = {
     "layer_0/dense/kernel": (4, 5),
     "layer_0/dense/bias": (5,),
