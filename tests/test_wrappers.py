@@ -6,9 +6,9 @@ put requirements on a transformation's state: a fixed structure, shapes and
 dtypes from step to step, and no buffer shared with the params. Each test here
 compares against an independent computation (the bare transformation fed the
 equivalent gradients, or an un-scanned, un-donated run): bit for bit where one
-compiled program is compared with itself (scan against a loop of the same
-jitted step, donation), within a few ulps where the wrapper makes another
-program of the same arithmetic (MultiSteps' and apply_if_finite's ``cond``).
+compiled program is compared with itself (donation), within a few ulps where
+another program computes the same arithmetic (MultiSteps' and
+apply_if_finite's ``cond``, the body of a ``lax.scan``).
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ def _grads(num, seed=1):
 def _assert_trees_equal(a, b, what="", *, maxulp=0):
   """Same structure and dtypes; values bit for bit, or within ``maxulp``.
 
-  Bit for bit compares one compiled program with itself (scan against a loop
-  of the same step, donated against undonated); ``maxulp`` is for two
-  different programs (see ``_harness.CROSS_PROGRAM_ULPS``).
+  Bit for bit compares one compiled program with itself (donated against
+  undonated); ``maxulp`` is for two different programs (see
+  ``_harness.CROSS_PROGRAM_ULPS``).
   """
   assert jax.tree.structure(a) == jax.tree.structure(b), what
   for (path, x), y in zip(
@@ -254,7 +254,10 @@ def _train_step(tx):
 
 
 @wrapped_transforms
-def test_scan_equals_a_python_loop_bit_for_bit(name, wrapper):
+def test_scan_equals_a_python_loop(name, wrapper):
+  # The scan body is compiled inside a while loop: another program than the
+  # jitted step. On jax 0.12 with AVX2, MultiSteps' moments differ by 1 ulp
+  # between the two, so the bound is cross_program_ulps, not bit for bit.
   tx = _wrap(TRANSFORMS[name](), wrapper)
   step = _train_step(tx)
   params = _params()
@@ -272,8 +275,9 @@ def test_scan_equals_a_python_loop_bit_for_bit(name, wrapper):
   scanned = jax.jit(lambda c, gs: jax.lax.scan(step, c, gs))
   scan_carry, scan_updates = scanned((params, tx.init(params)), _stack(grads))
 
-  _assert_trees_equal(scan_carry, carry, "carry")
-  _assert_trees_equal(scan_updates, _stack(loop_updates), "updates")
+  ulps = _harness.cross_program_ulps(NUM_STEPS)
+  _assert_trees_equal(scan_carry, carry, "carry", maxulp=ulps)
+  _assert_trees_equal(scan_updates, _stack(loop_updates), "updates", maxulp=ulps)
 
 
 # ---------------------------------------------------------------- donation
