@@ -7,11 +7,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
 from optaxtra._moments import map_moments
-from optaxtra._numerics import one_minus_power
+from optaxtra._numerics import one_minus_power, safe_increment
 
 _FN = "scale_by_adam"
 
@@ -30,17 +31,18 @@ class ScaleByAdamState(NamedTuple):
       Section 2), reported by :func:`optaxtra.inspect`.
   """
 
-  count: jax.Array
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   mu: optax.Updates
   nu: optax.Updates
   bias_correction: jax.Array
 
 
 def scale_by_adam(
-  b1: float | jax.Array = 0.9,
-  b2: float | jax.Array = 0.999,
-  eps: float | jax.Array = 1e-8,
-  eps_root: float | jax.Array = 0.0,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
+  eps_root: ArrayLike = 0.0,
   *,
   bias_correction: bool = True,
   mu_dtype: Any | None = None,
@@ -117,7 +119,7 @@ def scale_by_adam(
     _checks.check_state(_FN, state, ScaleByAdamState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
     _checks.check_float_updates(_FN, updates)
-    count = optax.safe_increment(state.count)
+    count = safe_increment(state.count)
 
     consts = {}
 

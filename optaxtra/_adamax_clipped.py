@@ -7,11 +7,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from optaxtra import _checks
 from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
 from optaxtra._moments import map_moments
-from optaxtra._numerics import one_minus_power
+from optaxtra._numerics import one_minus_power, safe_increment
 
 _FN = "scale_by_adamax_clipped"
 
@@ -32,7 +33,8 @@ class ScaleByAdamaxClippedState(NamedTuple):
       :func:`optaxtra.inspect` for the effective learning rate.
   """
 
-  count: jax.Array
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   mu: optax.Updates
   nu: optax.Updates
   clip_fraction: jax.Array | None
@@ -40,12 +42,12 @@ class ScaleByAdamaxClippedState(NamedTuple):
 
 
 def scale_by_adamax_clipped(
-  b1: float | jax.Array = 0.9,
-  b2: float | jax.Array = 0.999,
-  eps: float | jax.Array = 1e-8,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
   *,
-  clip_multiplier: float | jax.Array = 1.2,
-  clip_epsilon: float | jax.Array = 1e-4,
+  clip_multiplier: ArrayLike = 1.2,
+  clip_epsilon: ArrayLike = 1e-4,
   clip: bool = True,
   bias_correction: bool = False,
   mu_dtype: Any | None = None,
@@ -177,7 +179,7 @@ def scale_by_adamax_clipped(
     _checks.check_state(_FN, state, ScaleByAdamaxClippedState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
     _checks.check_float_updates(_FN, updates)
-    count = optax.safe_increment(state.count)
+    count = safe_increment(state.count)
     consts = {}
 
     def constants(dt):  # once per dtype, not per leaf: less to trace for big trees
@@ -247,4 +249,6 @@ def scale_by_adamax_clipped(
       bias_correction=bc.astype(fdt),
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty
+  # subtree: the state's clip_fraction is None without track_clip_fraction.
+  return optax.GradientTransformation(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

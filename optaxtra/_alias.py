@@ -8,11 +8,12 @@ from typing import Any, Literal
 import jax
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from optaxtra import _checks
 from optaxtra._adamax_clipped import scale_by_adamax_clipped
-from optaxtra._learning_rate import scale_by_learning_rate
-from optaxtra._weight_decay import ScalarOrSchedule, add_decayed_weights_decoupled
+from optaxtra._learning_rate import ScalarOrSchedule, scale_by_learning_rate
+from optaxtra._weight_decay import add_decayed_weights_decoupled
 
 Coupling = Literal["learning_rate", "normalized", "independent"]
 _COUPLINGS = ("learning_rate", "normalized", "independent")
@@ -92,12 +93,12 @@ def decay_schedule(
 
 def adamax_clipped(
   learning_rate: ScalarOrSchedule,
-  b1: float | jax.Array = 0.9,
-  b2: float | jax.Array = 0.999,
-  eps: float | jax.Array = 1e-8,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
   *,
-  clip_multiplier: float | jax.Array = 1.2,
-  clip_epsilon: float | jax.Array = 1e-4,
+  clip_multiplier: ArrayLike = 1.2,
+  clip_epsilon: ArrayLike = 1e-4,
   clip: bool = True,
   bias_correction: bool = False,
   mu_dtype: Any | None = None,

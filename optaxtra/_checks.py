@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,6 +33,7 @@ def concrete_scalar(value: Any) -> float | None:
     return None
   if isinstance(value, str | bytes):
     raise TypeError(f"got the string {value!r}; pass a number, not a string")
+  arr = None  # stays None for a tracer, whose value is unknown
   if is_traced(value):
     dtype = value.dtype
   else:
@@ -47,7 +49,7 @@ def concrete_scalar(value: Any) -> float | None:
     raise TypeError(f"got {value!r} of dtype {dtype}, not a real number")
   if np.ndim(value) != 0:
     raise TypeError(f"got an array of shape {np.shape(value)}, not a scalar")
-  if is_traced(value):
+  if arr is None:
     return None
   return float(arr)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.core
 
 
 def typeof(x: Any) -> Any:

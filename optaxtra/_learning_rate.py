@@ -8,9 +8,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from optaxtra import _checks
 from optaxtra._dtypes import compute_dtype
+from optaxtra._numerics import safe_increment
+
+# A hyperparameter: a float or array, or a schedule of the int32 step count.
+ScalarOrSchedule = ArrayLike | optax.Schedule
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -22,7 +27,8 @@ class ScaleByScheduleState(NamedTuple):
       first update, the one the first update will use.
   """
 
-  count: jax.Array
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   step_size: jax.Array
 
 
@@ -35,11 +41,12 @@ class ScaleByLearningRateState(NamedTuple):
       before the first update, the one the first update will use.
   """
 
-  count: jax.Array
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   learning_rate: jax.Array
 
 
-def _scalar(fn: str, name: str, value) -> jax.Array:
+def _scalar(fn: str, name: str, value: ArrayLike) -> jax.Array:
   """A schedule's value as a scalar array in its own floating precision."""
   v = jnp.asarray(value)
   if v.ndim != 0:
@@ -68,7 +75,7 @@ def _scale(updates, step_size: jax.Array):
 def _stage(
   fn: str,
   name: str,
-  value_fn: Callable[[jax.Array], jax.Array],
+  value_fn: Callable[[jax.Array], ArrayLike],
   sign: float,
   state_cls: type,
   *,
@@ -94,14 +101,14 @@ def _stage(
     value = _scalar(fn, name, value_fn(state.count))
     factor = value if sign == 1 else -value
     return _scale(updates, factor), state_cls(
-      optax.safe_increment(state.count), value.astype(fdt)
+      safe_increment(state.count), value.astype(fdt)
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_schedule(
-  step_size_fn: Callable[[jax.Array], jax.Array],
+  step_size_fn: optax.Schedule,
 ) -> optax.GradientTransformation:
   """Scales updates by a schedule's value at the update count.
 
@@ -147,7 +154,7 @@ def scale_by_schedule(
 
 
 def scale_by_learning_rate(
-  learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array],
+  learning_rate: ScalarOrSchedule,
   *,
   flip_sign: bool = True,
 ) -> optax.GradientTransformation:
@@ -189,6 +196,7 @@ def scale_by_learning_rate(
   """
   fn = "scale_by_learning_rate"
   _checks.check_flag(fn, "flip_sign", flip_sign)
+  value_fn: Callable[[jax.Array], ArrayLike]
   if callable(learning_rate):
     value_fn = learning_rate
   else:
@@ -201,9 +209,11 @@ def scale_by_learning_rate(
       fix="To follow the gradient upwards use flip_sign=False instead.",
     )
 
-    def value_fn(count):
+    def constant(count: jax.Array) -> ArrayLike:
       del count
       return learning_rate
+
+    value_fn = constant
 
   sign = -1.0 if flip_sign else 1.0
   return _stage(

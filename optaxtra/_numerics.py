@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def one_minus_power(b: jax.Array, t: jax.Array) -> jax.Array:
@@ -32,3 +35,12 @@ def one_minus_power(b: jax.Array, t: jax.Array) -> jax.Array:
     Array(0.00199896, dtype=float32)
   """
   return -jnp.expm1(t * jnp.log(b))
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+  """:func:`optax.safe_increment` of a state's int32 count, typed as an array.
+
+  Optax annotates it ``ArrayLike -> ArrayLike``, but given an array it returns
+  one; this says so (a ``cast``, nothing more happens at run time).
+  """
+  return cast(jax.Array, optax.safe_increment(count))

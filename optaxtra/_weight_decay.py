@@ -11,11 +11,11 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import compute_dtype
+from optaxtra._learning_rate import ScalarOrSchedule
+from optaxtra._numerics import safe_increment
 from optaxtra._tree_mask import resolve_mask
 
 _FN = "add_decayed_weights_decoupled"
-
-ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 class AddDecayedWeightsDecoupledState(NamedTuple):
@@ -28,7 +28,8 @@ class AddDecayedWeightsDecoupledState(NamedTuple):
       first update will apply.
   """
 
-  count: jax.Array
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   weight_decay: jax.Array
 
 
@@ -150,7 +151,7 @@ def add_decayed_weights_decoupled(
     _checks.check_float_updates(_FN, updates, complex_ok=True)
     r = rate(state.count)
     new_state = AddDecayedWeightsDecoupledState(
-      optax.safe_increment(state.count), r.astype(fdt)
+      safe_increment(state.count), r.astype(fdt)
     )
     if zero:
       return updates, new_state

@@ -10,7 +10,7 @@ from their cause.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +56,7 @@ def _tree_diff(a: Any, b: Any) -> str:
   return f"{sa[:300]} versus {sb[:300]}"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
   raise AssertionError(f"{_FN}: {msg}")
 
 
