@@ -26,7 +26,8 @@ plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (7, 3.5)})
 x, y = load_digits(return_X_y=True)
 x = (x / 16.0).astype(np.float32)  # pixels 0..16 -> [0, 1]
 x_train, x_test, y_train, y_test = train_test_split(
-    x, y, test_size=0.25, random_state=0, stratify=y)
+  x, y, test_size=0.25, random_state=0, stratify=y
+)
 print(f"{len(x_train)} training and {len(x_test)} test images, 10 classes")
 
 # %% [markdown]
@@ -35,6 +36,7 @@ print(f"{len(x_train)} training and {len(x_test)} test images, 10 classes")
 # names, so a mask can pick parameters by name: here every `kernel` decays,
 # no `bias` does. `masks.paths` lists the paths the patterns are matched
 # against.
+
 
 # %%
 class MLP(nnx.Module):
@@ -49,19 +51,22 @@ class MLP(nnx.Module):
 model = MLP(nnx.Rngs(0))
 params = nnx.state(model, nnx.Param)
 decay_mask = masks.path_mask(exclude=["bias"])
-for path, decays in zip(masks.paths(params), jax.tree.leaves(decay_mask(params))):
+for path, decays in zip(
+  masks.paths(params), jax.tree.leaves(decay_mask(params)), strict=True
+):
   print(f"{path:<20} decays: {decays}")
 
 tx = optaxtra.adamax_clipped(
-    learning_rate=1e-2,
-    weight_decay=1e-2,              # scaled by the learning rate, as torch.optim.AdamW
-    weight_decay_mask=decay_mask,
+  learning_rate=1e-2,
+  weight_decay=1e-2,  # scaled by the learning rate, as torch.optim.AdamW
+  weight_decay_mask=decay_mask,
 )
 optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 # %% [markdown]
 # A training step is the usual Flax one: `optimizer.update` calls `tx.update`
 # and `optax.apply_updates`.
+
 
 # %%
 def loss_fn(model, x, y):
@@ -85,16 +90,18 @@ epochs, batch_size = 20, 64
 steps_per_epoch = len(x_train) // batch_size
 rng = np.random.default_rng(0)
 losses, train_acc, test_acc = [], [], []
-for epoch in range(epochs):
+for _ in range(epochs):
   order = rng.permutation(len(x_train))
   for i in range(steps_per_epoch):
-    idx = order[i * batch_size:(i + 1) * batch_size]
+    idx = order[i * batch_size : (i + 1) * batch_size]
     losses.append(float(train_step(model, optimizer, x_train[idx], y_train[idx])))
   train_acc.append(float(accuracy(model, x_train, y_train)))
   test_acc.append(float(accuracy(model, x_test, y_test)))
 
-print(f"{epochs} epochs of {steps_per_epoch} steps: "
-      f"test accuracy {test_acc[-1]:.3f} (train {train_acc[-1]:.3f})")
+print(
+  f"{epochs} epochs of {steps_per_epoch} steps: "
+  f"test accuracy {test_acc[-1]:.3f} (train {train_acc[-1]:.3f})"
+)
 
 # %% [markdown]
 # What the optimizer did at its last step, read back from its state with
@@ -110,15 +117,24 @@ steps = np.arange(1, len(losses) + 1)
 epoch_end = steps_per_epoch * np.arange(1, epochs + 1)
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3.2))
 ax1.plot(steps, losses, lw=0.6, alpha=0.5, label="each minibatch")
-ax1.plot(epoch_end, np.reshape(losses, (epochs, -1)).mean(1), "o-", ms=3,
-         label="epoch mean")
-ax1.set(xlabel="training step", ylabel="cross-entropy loss", yscale="log",
-        title="training loss")
+ax1.plot(
+  epoch_end, np.reshape(losses, (epochs, -1)).mean(1), "o-", ms=3, label="epoch mean"
+)
+ax1.set(
+  xlabel="training step",
+  ylabel="cross-entropy loss",
+  yscale="log",
+  title="training loss",
+)
 ax1.legend()
 ax2.plot(np.arange(1, epochs + 1), train_acc, "o-", ms=3, label="train")
 ax2.plot(np.arange(1, epochs + 1), test_acc, "s-", ms=3, label="test")
-ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy after each epoch",
-        xticks=range(0, epochs + 1, 5))
+ax2.set(
+  xlabel="epoch",
+  ylabel="accuracy",
+  title="accuracy after each epoch",
+  xticks=range(0, epochs + 1, 5),
+)
 ax2.legend(loc="lower right")
 fig.tight_layout()
 

@@ -32,8 +32,10 @@ plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (7, 3.5)})
 x, y = load_digits(return_X_y=True)
 x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
 key0, key1 = jax.random.split(jax.random.key(0))
-params0 = {"hidden": {"kernel": jax.random.normal(key0, (64, 64)) / 8, "bias": jnp.zeros(64)},
-           "out": {"kernel": jax.random.normal(key1, (64, 10)) / 8, "bias": jnp.zeros(10)}}
+params0 = {
+  "hidden": {"kernel": jax.random.normal(key0, (64, 64)) / 8, "bias": jnp.zeros(64)},
+  "out": {"kernel": jax.random.normal(key1, (64, 10)) / 8, "bias": jnp.zeros(10)},
+}
 
 
 def loss_fn(params, x, y):
@@ -48,6 +50,7 @@ batches = jax.random.randint(jax.random.key(1), (steps, batch_size), 0, len(x))
 
 def train(tx):
   """Trains for `steps` steps; returns what inspect read at each, as NumPy."""
+
   def step(carry, idx):
     params, state = carry
     grads = jax.grad(loss_fn)(params, x[idx], y[idx])
@@ -60,6 +63,7 @@ def train(tx):
     return jax.lax.scan(step, (params, tx.init(params)), batches)[1]
 
   return {k: np.asarray(v) for k, v in run(params0).items()}
+
 
 # %% [markdown]
 # First the seed's optimizer, Adam with a constant `1e-3`. Optax's `adam`
@@ -76,8 +80,10 @@ alpha = 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)  # the formula, by hand
 err = np.max(np.abs(seen["effective_learning_rate"] / alpha - 1))
 print(f"effective_learning_rate vs the formula: largest relative difference {err:.1g}")
 for i in (0, 9, 99, 999, steps - 1):
-  print(f"step {t[i]:5}: learning_rate {seen['learning_rate'][i]:.3g}, "
-        f"alpha_t {seen['effective_learning_rate'][i]:.3g}")
+  print(
+    f"step {t[i]:5}: learning_rate {seen['learning_rate'][i]:.3g}, "
+    f"alpha_t {seen['effective_learning_rate'][i]:.3g}"
+  )
 
 # %% [markdown]
 # Then optaxtra's own chain, with a schedule: BERT-style warmup over 200
@@ -95,19 +101,34 @@ print("inspect reports:", ", ".join(seen_chain))
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3.6))
 for ax, s in ((ax1, seen), (ax2, seen_chain)):
   ax.plot(s["count"], s["learning_rate"], lw=2, label="learning_rate")
-  ax.plot(s["count"], s["effective_learning_rate"], lw=2,
-          label=r"effective_learning_rate (Adam's $\alpha_t$)")
+  ax.plot(
+    s["count"],
+    s["effective_learning_rate"],
+    lw=2,
+    label=r"effective_learning_rate (Adam's $\alpha_t$)",
+  )
 ax1.plot(t, alpha, "k:", lw=1.5, label=r"$\alpha_t$ by the formula")
-ax1.set(xscale="log", yscale="log", xlabel="step (log scale)", ylabel="value",
-        ylim=(1e-4, 1.5e-3), yticks=[1e-4, 2e-4, 5e-4, 1e-3])
+ax1.set(
+  xscale="log",
+  yscale="log",
+  xlabel="step (log scale)",
+  ylabel="value",
+  ylim=(1e-4, 1.5e-3),
+  yticks=[1e-4, 2e-4, 5e-4, 1e-3],
+)
 ax1.yaxis.set_minor_formatter(plt.NullFormatter())
 ax1.set_title("inject_hyperparams(optax.adam)(1e-3)", fontsize=10)
 ax2.set(xlabel="step", ylim=(0, None))
 ax2.set_title("optaxtra chain, warmup + cosine", fontsize=10)
 for ax in (ax1, ax2):
   ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=3,
-           fontsize=8, frameon=False)
+fig.legend(
+  *ax1.get_legend_handles_labels(),
+  loc="lower center",
+  ncol=3,
+  fontsize=8,
+  frameon=False,
+)
 fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
 

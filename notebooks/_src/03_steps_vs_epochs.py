@@ -38,8 +38,10 @@ per_epoch = schedules.per_epoch(as_written, steps_per_epoch)
 print(f"{steps_per_epoch} updates per epoch, {total_steps} in {epochs} epochs")
 for epoch in (0, 1, 24, 25, 49):
   step = epoch * steps_per_epoch
-  print(f"epoch {epoch:2} (step {step:4}): as written {float(as_written(step)):.3g}, "
-        f"per epoch {float(per_epoch(step)):.3g}")
+  print(
+    f"epoch {epoch:2} (step {step:4}): as written {float(as_written(step)):.3g}, "
+    f"per epoch {float(per_epoch(step)):.3g}"
+  )
 
 # %% [markdown]
 # `schedules.plot` draws a schedule against the step count and, given
@@ -80,8 +82,10 @@ y_data = rng.normal(x_data**2, 0.05).astype(np.float32)
 def init(key):
   sizes = [1, 10, 10, 1]
   keys = jax.random.split(key, len(sizes) - 1)
-  return [{"w": jax.random.normal(k, (m, n)) / np.sqrt(m), "b": jnp.zeros(n)}
-          for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
+  return [
+    {"w": jax.random.normal(k, (m, n)) / np.sqrt(m), "b": jnp.zeros(n)}
+    for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
+  ]
 
 
 def predict(params, x):
@@ -135,12 +139,17 @@ print(f"largest loss difference of the as-written run by then: {diff.max():.2g}"
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
 epoch_axis = np.arange(1, epochs + 1)
-for (name, history), style in zip(runs.items(), ("-", "-", "--")):
+for (name, history), style in zip(runs.items(), ("-", "-", "--"), strict=True):
   ax.plot(epoch_axis, history, style, label=name)
 ax.axvline(25.5, color="0.6", ls=":", lw=1)
-ax.text(25.7, ax.get_ylim()[1], "first decay meant here", va="top", fontsize=9,
-        color="0.4")
-ax.set(xlabel="epoch", ylabel="training loss (MSE, epoch mean)", yscale="log",
-       title="Adam with the three learning rates")
+ax.text(
+  25.7, ax.get_ylim()[1], "first decay meant here", va="top", fontsize=9, color="0.4"
+)
+ax.set(
+  xlabel="epoch",
+  ylabel="training loss (MSE, epoch mean)",
+  yscale="log",
+  title="Adam with the three learning rates",
+)
 ax.legend()
 plt.show()

@@ -37,18 +37,26 @@ from optaxtra import masks, schedules
 plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (7, 3.5)})
 
 x, y = load_digits(return_X_y=True)
-x_train, x_test, y_train, y_test = map(jnp.asarray, train_test_split(
-    (x / 16.0).astype(np.float32), y, test_size=0.25, random_state=0, stratify=y))
+x_train, x_test, y_train, y_test = map(
+  jnp.asarray,
+  train_test_split(
+    (x / 16.0).astype(np.float32), y, test_size=0.25, random_state=0, stratify=y
+  ),
+)
 
 
 def init(key, hidden=256):
   k0, k1 = jax.random.split(key)
   return {
-    "dense_0": {"kernel": jax.random.normal(k0, (64, hidden)) * np.sqrt(2 / 64),
-                "bias": jnp.zeros(hidden)},
+    "dense_0": {
+      "kernel": jax.random.normal(k0, (64, hidden)) * np.sqrt(2 / 64),
+      "bias": jnp.zeros(hidden),
+    },
     "layer_norm": {"scale": jnp.ones(hidden), "bias": jnp.zeros(hidden)},
-    "dense_1": {"kernel": jax.random.normal(k1, (hidden, 10)) / np.sqrt(hidden),
-                "bias": jnp.zeros(10)},
+    "dense_1": {
+      "kernel": jax.random.normal(k1, (hidden, 10)) / np.sqrt(hidden),
+      "bias": jnp.zeros(10),
+    },
   }
 
 
@@ -83,15 +91,18 @@ print(masks.paths(params0))
 
 # %%
 steps, batch_size, peak_lr, wd = 600, 64, 3e-3, 0.5
-lr = schedules.linear_warmup(schedules.polynomial_decay(peak_lr, 0.0, steps),
-                             steps // 10)
-decay_mask = masks.path_mask(exclude=["LayerNorm", "layer_norm", "bias"],
-                             strict=False)
+lr = schedules.linear_warmup(
+  schedules.polynomial_decay(peak_lr, 0.0, steps), steps // 10
+)
+decay_mask = masks.path_mask(exclude=["LayerNorm", "layer_norm", "bias"], strict=False)
 
 bert_lr = schedules.linear_warmup(schedules.polynomial_decay(1e-4, 0.0, 10**6), 10**4)
 bert_sum = schedules.sample(bert_lr, 10**6).astype(np.float64).sum()
-print(f"decay alone multiplies the weights by {np.exp(-wd * schedules.sample(lr, steps).sum()):.2f}"
-      f" here, by {np.exp(-0.01 * bert_sum):.2f} in BERT's pre-training")
+lr_sum = schedules.sample(lr, steps).sum()
+print(
+  f"decay alone multiplies the weights by {np.exp(-wd * lr_sum):.2f}"
+  f" here, by {np.exp(-0.01 * bert_sum):.2f} in BERT's pre-training"
+)
 
 
 def coupled(learning_rate, coupling, peak):
@@ -106,23 +117,28 @@ def adam_decoupled(coupling, weight_decay):
     optaxtra.scale_by_adam(),
     optaxtra.scale_by_learning_rate(lr),
     optaxtra.add_decayed_weights_decoupled(
-      weight_decay, schedule=coupled(lr, coupling, peak_lr), mask=decay_mask),
+      weight_decay, schedule=coupled(lr, coupling, peak_lr), mask=decay_mask
+    ),
   )
 
 
 optimizers = {
   "Adam, no decay": optax.chain(
-    optaxtra.scale_by_adam(), optaxtra.scale_by_learning_rate(lr)),
+    optaxtra.scale_by_adam(), optaxtra.scale_by_learning_rate(lr)
+  ),
   "Adam + L2 in the gradient": optax.chain(
     optax.add_decayed_weights(wd, mask=decay_mask),  # before Adam: L2
-    optaxtra.scale_by_adam(), optaxtra.scale_by_learning_rate(lr)),
+    optaxtra.scale_by_adam(),
+    optaxtra.scale_by_learning_rate(lr),
+  ),
   "decoupled, learning_rate": adam_decoupled("learning_rate", wd),
   "decoupled, normalized": adam_decoupled("normalized", wd * peak_lr),
   "decoupled, independent": adam_decoupled("independent", wd * peak_lr),
   "BERT (no bias correction)": optax.chain(
     optaxtra.scale_by_adam(eps=1e-6, bias_correction=False),
     optaxtra.scale_by_learning_rate(lr),
-    optaxtra.add_decayed_weights_decoupled(wd, schedule=lr, mask=decay_mask)),
+    optaxtra.add_decayed_weights_decoupled(wd, schedule=lr, mask=decay_mask),
+  ),
 }
 
 # %% [markdown]
@@ -134,13 +150,18 @@ optimizers = {
 rng = np.random.default_rng(0)
 per_epoch = len(x_train) // batch_size
 orders = [rng.permutation(len(x_train)) for _ in range(-(-steps // per_epoch))]
-batches = jnp.asarray(np.concatenate(
-    [o[:per_epoch * batch_size].reshape(per_epoch, batch_size) for o in orders])[:steps])
+batches = jnp.asarray(
+  np.concatenate(
+    [o[: per_epoch * batch_size].reshape(per_epoch, batch_size) for o in orders]
+  )[:steps]
+)
 
 
 def decayed_norm(params):
   flags = jax.tree.leaves(decay_mask(params))
-  return jnp.sqrt(sum(jnp.sum(w**2) for w, f in zip(jax.tree.leaves(params), flags) if f))
+  return jnp.sqrt(
+    sum(jnp.sum(w**2) for w, f in zip(jax.tree.leaves(params), flags, strict=True) if f)
+  )
 
 
 def train(tx):
@@ -149,7 +170,11 @@ def train(tx):
     loss, grads = jax.value_and_grad(loss_fn)(params, x_train[idx], y_train[idx])
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    return (params, state), (loss, loss_fn(params, x_test, y_test), decayed_norm(params))
+    return (params, state), (
+      loss,
+      loss_fn(params, x_test, y_test),
+      decayed_norm(params),
+    )
 
   @jax.jit
   def run(params):
@@ -163,7 +188,9 @@ def train(tx):
 results = {name: train(tx) for name, tx in optimizers.items()}
 print(f"{'':27} test loss  test acc  |decayed weights|")
 for name, ((_, test_loss, norm), acc) in results.items():
-  print(f"{name:27} {float(test_loss[-1]):9.3f} {float(acc):9.3f} {float(norm[-1]):10.1f}")
+  print(
+    f"{name:27} {float(test_loss[-1]):9.3f} {float(acc):9.3f} {float(norm[-1]):10.1f}"
+  )
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3.6))
@@ -201,9 +228,11 @@ plt.show()
 # schedule, decaying at full strength during the warmup and after the learning
 # rate has reached zero.
 
+
 # %%
 def applied_decay(tx):
   """The per-step decay rate the optimizer applies, from its state."""
+
   def step(state, _):
     w = {"w": jnp.ones(())}
     _, state = tx.update(jax.tree.map(jnp.zeros_like, w), state, w)
@@ -213,16 +242,21 @@ def applied_decay(tx):
 
 
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.5), sharey=True)
-for ax, peak in zip(axes, (3e-3, 1e-3)):
-  lr_p = schedules.linear_warmup(schedules.polynomial_decay(peak, 0.0, steps),
-                                 steps // 10)
-  for coupling, coeff, kw in (("learning_rate", wd, dict(color="C2")),
-                              ("normalized", wd * peak_lr, dict(color="C3", ls="--", lw=2)),
-                              ("independent", wd * peak_lr, dict(color="C4"))):
+for ax, peak in zip(axes, (3e-3, 1e-3), strict=True):
+  lr_p = schedules.linear_warmup(
+    schedules.polynomial_decay(peak, 0.0, steps), steps // 10
+  )
+  for coupling, coeff, kw in (
+    ("learning_rate", wd, dict(color="C2")),
+    ("normalized", wd * peak_lr, dict(color="C3", ls="--", lw=2)),
+    ("independent", wd * peak_lr, dict(color="C4")),
+  ):
     tx = optax.chain(
       optaxtra.scale_by_learning_rate(lr_p),
       optaxtra.add_decayed_weights_decoupled(
-        coeff, schedule=coupled(lr_p, coupling, peak)))
+        coeff, schedule=coupled(lr_p, coupling, peak)
+      ),
+    )
     ax.plot(t, applied_decay(tx), label=coupling, **kw)
   ax.set_title(f"peak learning rate {peak:g}", fontsize=10)
   ax.set(xlabel="step")

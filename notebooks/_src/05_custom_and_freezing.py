@@ -44,17 +44,26 @@ def show_error(fn):
 # updates. The line that matters is the `return`: `-lr * m / (v + eps)`, the
 # seed's `var -= lr * m / (v + eps)` without the `var -=`.
 
+
 # %%
 class AdamaxState(NamedTuple):
   m: optax.Updates
   v: optax.Updates
 
 
-def neural_gpu_adamax(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
-                      clip_multiplier=1.2, clip_epsilon=1e-4, mistake=None):
+def neural_gpu_adamax(
+  lr=1e-3,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  clip_multiplier=1.2,
+  clip_epsilon=1e-4,
+  mistake=None,
+):
   def init(params):
-    return AdamaxState(m=jax.tree.map(jnp.zeros_like, params),
-                       v=jax.tree.map(jnp.zeros_like, params))
+    return AdamaxState(
+      m=jax.tree.map(jnp.zeros_like, params), v=jax.tree.map(jnp.zeros_like, params)
+    )
 
   def update(grads, state, params=None):
     def leaf(g, m, v, p):
@@ -62,17 +71,21 @@ def neural_gpu_adamax(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
       g = jnp.clip(g, -c, c)
       m = b1 * m + (1 - b1) * g
       v = jnp.maximum(b2 * v, jnp.abs(g))
-      if mistake == "ones":            # the seed's experiment
+      if mistake == "ones":  # the seed's experiment
         return jnp.ones_like(p), m, v
-      if mistake == "new weights":     # what "the optimizer returns" suggests
+      if mistake == "new weights":  # what "the optimizer returns" suggests
         return p - lr * m / (v + eps), m, v
       return -lr * m / (v + eps), m, v  # right: the change
 
     out = jax.tree.map(leaf, grads, state.m, state.v, params)
-    pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
+
+    def pick(i):
+      return jax.tree.map(lambda _, o: o[i], grads, out)
+
     return pick(0), AdamaxState(m=pick(1), v=pick(2))
 
   return optax.GradientTransformation(init, update)
+
 
 # %% [markdown]
 # Three steps of each on the same weights and gradients, next to
@@ -80,8 +93,10 @@ def neural_gpu_adamax(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
 
 # %%
 params = {"kernel": jnp.array([[0.5, -0.3], [0.1, 0.2]]), "bias": jnp.zeros(2)}
-grads = [jax.tree.map(lambda p, k=k: jax.random.normal(jax.random.key(k), p.shape), params)
-         for k in range(3)]
+grads = [
+  jax.tree.map(lambda p, k=k: jax.random.normal(jax.random.key(k), p.shape), params)
+  for k in range(3)
+]
 
 
 def run(tx):
@@ -92,12 +107,15 @@ def run(tx):
   return p
 
 
-kernels = {name: np.asarray(run(tx)["kernel"]).ravel() for name, tx in (
-  ("optaxtra.adamax_clipped", optaxtra.adamax_clipped(1e-3)),
-  ("ours", neural_gpu_adamax()),
-  ("ours, returning ones", neural_gpu_adamax(mistake="ones")),
-  ("ours, returning new weights", neural_gpu_adamax(mistake="new weights")),
-)}
+kernels = {
+  name: np.asarray(run(tx)["kernel"]).ravel()
+  for name, tx in (
+    ("optaxtra.adamax_clipped", optaxtra.adamax_clipped(1e-3)),
+    ("ours", neural_gpu_adamax()),
+    ("ours, returning ones", neural_gpu_adamax(mistake="ones")),
+    ("ours, returning new weights", neural_gpu_adamax(mistake="new weights")),
+  )
+}
 print(f"{'kernel at the start':28} {np.asarray(params['kernel']).ravel()}")
 for name, k in kernels.items():
   print(f"{name:28} {k.round(4)}")
@@ -116,10 +134,16 @@ print(f"largest difference, ours vs optaxtra's: {diff:.2g}")
 # %%
 optaxtra.testing.check_transformation(neural_gpu_adamax(), params)
 print("ours passes\n")
-show_error(lambda: optaxtra.testing.check_transformation(
-    neural_gpu_adamax(mistake="ones"), params))
-show_error(lambda: optaxtra.testing.check_transformation(
-    neural_gpu_adamax(mistake="new weights"), params))
+show_error(
+  lambda: optaxtra.testing.check_transformation(
+    neural_gpu_adamax(mistake="ones"), params
+  )
+)
+show_error(
+  lambda: optaxtra.testing.check_transformation(
+    neural_gpu_adamax(mistake="new weights"), params
+  )
+)
 
 # %% [markdown]
 # **Seed 002.** The second thread explains how TensorFlow decides what trains:
@@ -148,8 +172,8 @@ def loss(params, x=1.0, y=1.0):
 def train(tx, steps=30):
   @jax.jit
   def step(params, state):
-    grads = jax.grad(loss)(params)                      # compute_gradients
-    updates, state = tx.update(grads, state, params)    # apply_gradients:
+    grads = jax.grad(loss)(params)  # compute_gradients
+    updates, state = tx.update(grads, state, params)  # apply_gradients:
     return optax.apply_updates(params, updates), state  #   the change, added
 
   params, state = start, tx.init(start)
@@ -166,7 +190,8 @@ setups = {
   "only w2 (var_list=[w2])": masks.freeze(optax.sgd(0.1), frozen=["w1", "w3"]),
   "w1 at 10x the lr": optax.partition(
     {"fast": optax.sgd(0.1), "slow": optax.sgd(0.01)},
-    masks.path_labels({"^w1$": "fast"}, default="slow")),
+    masks.path_labels({"^w1$": "fast"}, default="slow"),
+  ),
 }
 histories = {name: train(tx) for name, tx in setups.items()}
 for name, h in histories.items():
@@ -176,11 +201,13 @@ assert histories["w3 frozen (a constant)"]["w3"][-1] == 4.0  # bit for bit
 
 # %%
 # Weights that move together overlap: the styles keep each one visible.
-styles = {"w1": dict(color="C0", lw=4, alpha=0.5),
-          "w2": dict(color="C1", lw=2, ls="--"),
-          "w3": dict(color="C2", lw=1.5, ls=":")}
+styles = {
+  "w1": dict(color="C0", lw=4, alpha=0.5),
+  "w2": dict(color="C1", lw=2, ls="--"),
+  "w3": dict(color="C2", lw=1.5, ls=":"),
+}
 fig, axes = plt.subplots(1, 4, figsize=(8, 3.2), sharey=True)
-for ax, (name, h) in zip(axes, histories.items()):
+for ax, (name, h) in zip(axes, histories.items(), strict=True):
   for k, values in h.items():
     ax.plot(values, label=k, **styles[k])
   ax.axhline(0, color="0.8", lw=0.8, zorder=0)
