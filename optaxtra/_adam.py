@@ -10,7 +10,14 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxtra import _checks
-from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
+from optaxtra._dtypes import (
+  canonical_float_dtype,
+  check_trainable_params,
+  compute_dtype,
+  real_dtype,
+  second_moment_dtype,
+  zeros_like,
+)
 from optaxtra._moments import map_moments
 from optaxtra._numerics import one_minus_power, safe_increment
 
@@ -43,9 +50,11 @@ def scale_by_adam(
   b2: ArrayLike = 0.999,
   eps: ArrayLike = 1e-8,
   eps_root: ArrayLike = 0.0,
-  *,
-  bias_correction: bool = True,
   mu_dtype: Any | None = None,
+  *,
+  nesterov: bool = False,
+  bias_correction: bool = True,
+  nu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam, with the bias correction optional.
 
@@ -57,6 +66,15 @@ def scale_by_adam(
     \nu_t = b_2 \nu_{t-1} + (1 - b_2) g_t^2, \quad
     u_t = \frac{\mu_t / (1 - b_1^t)}{\sqrt{\nu_t / (1 - b_2^t) + \epsilon_{root}}
       + \epsilon}
+
+  Its positional arguments are Optax's (``mu_dtype`` fifth), and ``nesterov``
+  is Optax's: with it the first moment is looked ahead,
+  ``mu_hat = b1 * mu_t / (1 - b1**(t+1)) + (1 - b1) * g_t / (1 - b1**t)``
+  (Dozat, 2016), so an ``optax.scale_by_adam(...)`` call ports by changing the
+  import.
+
+  Complex gradients work as in Optax: ``mu`` is complex, ``nu`` averages
+  ``|g|**2`` and is real (of the matching real precision).
 
   With ``bias_correction=False`` the moments are used as they are,
   ``u_t = mu_t / (sqrt(nu_t + eps_root) + eps)``: the update of BERT's
@@ -76,8 +94,12 @@ def scale_by_adam(
     b2: decay rate of the second moment, in [0, 1).
     eps: non-negative term added to the denominator outside the square root.
     eps_root: non-negative term added inside the square root.
-    bias_correction: whether to divide the moments by ``1 - b**t``.
     mu_dtype: dtype of the first moment; defaults to the params' dtype.
+    nesterov: whether to use Nesterov momentum (NAdam), as in Optax.
+    bias_correction: whether to divide the moments by ``1 - b**t``.
+    nu_dtype: dtype of the second moment; by default the params' real dtype,
+      but at least float32: in bfloat16, ``0.999 * nu`` rounds back to ``nu``
+      and the average stops moving (Optax keeps ``nu`` in the params' dtype).
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -104,13 +126,18 @@ def scale_by_adam(
   _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
   _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None, min_float32=True)
   _checks.check_flag(_FN, "bias_correction", bias_correction)
-  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
+  _checks.check_flag(_FN, "nesterov", nesterov)
+  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype, complex_ok=True)
+  nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
 
   def init_fn(params):
+    check_trainable_params(_FN, params, complex_ok=True)
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
       mu=jax.tree.map(lambda p: zeros_like(p, mu_dtype), params),
-      nu=jax.tree.map(zeros_like, params),
+      nu=jax.tree.map(
+        lambda p: zeros_like(p, second_moment_dtype(p, nu_dtype)), params
+      ),
       bias_correction=jnp.ones([], _checks.default_float()),
     )
 
@@ -118,7 +145,8 @@ def scale_by_adam(
     del params
     _checks.check_state(_FN, state, ScaleByAdamState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
-    _checks.check_float_updates(_FN, updates)
+    _checks.check_float_updates(_FN, updates, complex_ok=True)
+    _checks.check_complex_matches(_FN, updates, state.mu)
     count = safe_increment(state.count)
 
     consts = {}
@@ -134,21 +162,36 @@ def scale_by_adam(
           1 - b2_,
           jnp.asarray(eps_root, dt),
           jnp.asarray(eps, dt),
-          (one_minus_power(b1_, t), one_minus_power(b2_, t))
+          (
+            one_minus_power(b1_, t),
+            one_minus_power(b2_, t),
+            one_minus_power(b1_, t + 1) if nesterov else None,
+          )
           if bias_correction
           else None,
         )
       return consts[dt]
 
     def leaf(g, mu, nu):
-      dt = compute_dtype(g, mu, nu)
-      b1_, one_minus_b1, b2_, one_minus_b2, eps_root_, eps_, bc = constants(dt)
+      g = jnp.asarray(g)  # a Python scalar leaf
+      dt = compute_dtype(g, mu, nu)  # complex for complex gradients
+      rdt = real_dtype(dt)
+      b1_, one_minus_b1, b2_, one_minus_b2, eps_root_, eps_, bc = constants(rdt)
       gc = g.astype(dt)
+      if jnp.issubdtype(dt, jnp.complexfloating):
+        g2 = jnp.square(gc.real) + jnp.square(gc.imag)
+      else:
+        g2 = gc * gc
       mu_new = b1_ * mu.astype(dt) + one_minus_b1 * gc
-      nu_new = b2_ * nu.astype(dt) + one_minus_b2 * (gc * gc)
-      mu_hat, nu_hat = mu_new, nu_new
-      if bias_correction:
-        mu_hat, nu_hat = mu_new / bc[0], nu_new / bc[1]
+      nu_new = b2_ * nu.astype(rdt) + one_minus_b2 * g2
+      if nesterov:  # Optax's look-ahead of the first moment
+        if bias_correction:
+          mu_hat = b1_ * (mu_new / bc[2]) + one_minus_b1 * (gc / bc[0])
+        else:
+          mu_hat = b1_ * mu_new + one_minus_b1 * gc
+      else:
+        mu_hat = mu_new / bc[0] if bias_correction else mu_new
+      nu_hat = nu_new / bc[1] if bias_correction else nu_new
       out = mu_hat / (jnp.sqrt(nu_hat + eps_root_) + eps_)
       return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 

@@ -10,7 +10,14 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxtra import _checks
-from optaxtra._dtypes import canonical_float_dtype, compute_dtype, zeros_like
+from optaxtra._dtypes import (
+  canonical_float_dtype,
+  check_trainable_params,
+  compute_dtype,
+  real_dtype,
+  second_moment_dtype,
+  zeros_like,
+)
 from optaxtra._moments import map_moments
 from optaxtra._numerics import one_minus_power, safe_increment
 
@@ -97,12 +104,19 @@ def scale_by_adamax_clipped(
     eps: non-negative term added to the denominator.
     clip_multiplier: positive multiplier of the previous infinity norm in the
       clipping bound; larger values clip less. The paper uses values > 1.
-    clip_epsilon: non-negative floor of the clipping bound; gradients smaller
-      than this are never clipped. It also bounds the first step.
-    clip: whether to clip (False gives plain Adamax with this ``eps``).
+    clip_epsilon: positive floor of the clipping bound; gradients smaller
+      than this are never clipped. It also bounds the first step, so 0 (which
+      the original code allows) would freeze the optimizer and is refused;
+      a traced value cannot be checked. Any non-negative value with
+      ``clip=False``, where it is unused.
+    clip: whether to clip (False gives plain Adamax with this ``eps``, and
+      accepts complex parameters: ``nu`` is the running maximum of ``|g|``,
+      real). With ``clip=True`` complex parameters raise ``TypeError``.
     bias_correction: whether to divide the first moment by ``1 - b1**t``.
     mu_dtype: dtype of the first moment; defaults to the params' dtype.
-    nu_dtype: dtype of the infinity norm; defaults to the params' dtype.
+    nu_dtype: dtype of the infinity norm; by default the params' real dtype,
+      but at least float32: in bfloat16 ``0.999 * nu`` rounds back to ``nu``,
+      so the norm would never decay (Optax keeps it in the params' dtype).
     track_clip_fraction: whether to count the clipped entries into the state's
       ``clip_fraction``. Off by default because the count is a reduction over
       every gradient entry that XLA on CPU does not fuse with the update: it
@@ -146,12 +160,25 @@ def scale_by_adamax_clipped(
     fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
     min_float32=True,
   )
-  _checks.check_scalar(
-    _FN, "clip_epsilon", clip_epsilon, low=0.0, high=None, min_float32=True
-  )
   _checks.check_flag(_FN, "clip", clip)
+  _checks.check_scalar(
+    _FN,
+    "clip_epsilon",
+    clip_epsilon,
+    low=0.0,
+    low_open=bool(clip),
+    high=None,
+    fix=(
+      "nu starts at 0, so with clip_epsilon=0 the first gradient is clipped to "
+      "0, nu stays 0 and every later gradient too: the optimizer never moves. "
+      "Use a small positive floor (1e-4 in the paper), or clip=False."
+    )
+    if clip
+    else "",
+    min_float32=True,
+  )
   _checks.check_flag(_FN, "bias_correction", bias_correction)
-  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype)
+  mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype, complex_ok=not clip)
   nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
 
   _checks.check_flag(_FN, "track_clip_fraction", track_clip_fraction)
@@ -164,8 +191,11 @@ def scale_by_adamax_clipped(
   clip_to_nu = cm_c is not None and b2_c is not None and cm_c >= b2_c
 
   def init_fn(params):
+    # Clipping a complex gradient has no agreed meaning (per part, or by
+    # modulus?): refused with clip=True, plain complex Adamax without it.
+    check_trainable_params(_FN, params, complex_ok=not clip)
     mu = jax.tree.map(lambda p: zeros_like(p, mu_dtype), params)
-    nu = jax.tree.map(lambda p: zeros_like(p, nu_dtype), params)
+    nu = jax.tree.map(lambda p: zeros_like(p, second_moment_dtype(p, nu_dtype)), params)
     return ScaleByAdamaxClippedState(
       count=jnp.zeros([], jnp.int32),
       mu=mu,
@@ -178,7 +208,8 @@ def scale_by_adamax_clipped(
     del params
     _checks.check_state(_FN, state, ScaleByAdamaxClippedState)
     _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
-    _checks.check_float_updates(_FN, updates)
+    _checks.check_float_updates(_FN, updates, complex_ok=not clip)
+    _checks.check_complex_matches(_FN, updates, state.mu)
     count = safe_increment(state.count)
     consts = {}
 
@@ -200,9 +231,11 @@ def scale_by_adamax_clipped(
       return x if x.dtype == dt else x.astype(dt)
 
     def leaf(g, mu, nu):
-      dt = compute_dtype(g, mu, nu)
-      b1_, one_minus_b1, b2_, eps_, cm_, ce_, bc_ = constants(dt)
-      gc, mu_c, nu_c = cast(g, dt), cast(mu, dt), cast(nu, dt)
+      g = jnp.asarray(g)  # a Python scalar leaf
+      dt = compute_dtype(g, mu, nu)  # complex only with clip=False
+      rdt = real_dtype(dt)
+      b1_, one_minus_b1, b2_, eps_, cm_, ce_, bc_ = constants(rdt)
+      gc, mu_c, nu_c = cast(g, dt), cast(mu, dt), cast(nu, rdt)
       n_clipped = None
       if clip and clip_to_nu:
         bound = nu_c * cm_ + ce_

@@ -93,7 +93,7 @@ def check_scalar(
     check_float32_or_wider(fn, name, value)
   if v is None:
     return
-  bad = math.isnan(v)
+  bad = not math.isfinite(v)  # nan and +-inf alike: no hyperparameter is infinite
   if low is not None:
     bad |= v <= low if low_open else v < low
   if high is not None:
@@ -210,6 +210,59 @@ def check_float_updates(fn: str, updates: Any, *, complex_ok: bool = False) -> N
         "(jax.grad refuses integer inputs), or leave integer leaves out of "
         "the optimizer with optax.masked or optax.partition."
       )
+
+
+def check_complex_matches(fn: str, updates: Any, moments: Any) -> None:
+  """Raises ``TypeError`` for a complex update whose moment is real.
+
+  Its imaginary part would be dropped when the moment is stored. (A real
+  update of complex params is fine: it is a complex number with no imaginary
+  part.)
+  """
+  u_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for (path, u), m in zip(u_leaves, jax.tree.leaves(moments), strict=True):
+    if jnp.iscomplexobj(u) and not jnp.iscomplexobj(m):
+      raise TypeError(
+        f"{fn}: the update for '{path_str(path)}' has dtype "
+        f"{jnp.result_type(u)} but init was given a real parameter there "
+        f"(moment dtype {jnp.result_type(m)}); its imaginary part would be "
+        "dropped. Give init the complex params, or pass real gradients."
+      )
+
+
+def schedule_output(fn: str, name: str, value: Any) -> jax.Array:
+  """A schedule's value as a real scalar array, or a clear error.
+
+  Checked on what is known at trace time (type, dtype, shape), so it holds
+  under ``jax.jit`` too: ``None``, strings, booleans and complex numbers raise
+  ``TypeError`` naming the schedule, non-scalars ``ValueError``. Integer values
+  are fine (a schedule of whole numbers). A traced value's *number* cannot be
+  checked; it is used as it is and recorded in the state.
+  """
+  if value is None or isinstance(value, str | bytes):
+    raise TypeError(
+      f"{fn}: {name} returned {value!r}; a schedule must return a number (a "
+      "Python float or a scalar jax array), e.g. lambda count: 1e-3 * 0.9**count."
+    )
+  try:
+    v = jnp.asarray(value)
+  except TypeError:
+    raise TypeError(
+      f"{fn}: {name} returned {value!r}, which is not a number."
+    ) from None
+  if jnp.issubdtype(v.dtype, jnp.bool_) or not (
+    jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
+  ):
+    raise TypeError(
+      f"{fn}: {name} returned a value of dtype {v.dtype}; it must be a real "
+      "number (a float or an int), not a bool or a complex number."
+    )
+  if v.ndim != 0:
+    raise ValueError(
+      f"{fn}: {name} must give a scalar, got shape {v.shape}. A schedule maps "
+      "one step to one value."
+    )
+  return v
 
 
 def default_float() -> jnp.dtype:

@@ -7,9 +7,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optaxtra import _checks
 
-def canonical_float_dtype(fn: str, name: str, dtype: Any | None) -> Any | None:
-  """``dtype`` as a floating NumPy dtype (or None); ``TypeError`` otherwise."""
+
+def canonical_float_dtype(
+  fn: str, name: str, dtype: Any | None, *, complex_ok: bool = False
+) -> Any | None:
+  """``dtype`` as a floating (or complex) NumPy dtype, or None; else ``TypeError``."""
   if dtype is None:
     return None
   try:
@@ -19,7 +23,10 @@ def canonical_float_dtype(fn: str, name: str, dtype: Any | None) -> Any | None:
       f"{fn}: {name}={dtype!r} is not a dtype. Pass e.g. jnp.float32, "
       "jnp.bfloat16 or None (the params' dtype)."
     ) from None
-  if not jnp.issubdtype(dt, jnp.floating):
+  if not (
+    jnp.issubdtype(dt, jnp.floating)
+    or (complex_ok and jnp.issubdtype(dt, jnp.complexfloating))
+  ):
     raise TypeError(
       f"{fn}: {name} must be a floating dtype, got {dt}. Pass e.g. "
       "jnp.float32, jnp.bfloat16 or None (the params' dtype)."
@@ -46,5 +53,60 @@ def zeros_like(p: jax.Array, dtype: Any | None = None) -> jax.Array:
   zeros (never ``p``'s values, not even its NaNs) but lets the compiler give
   them ``p``'s sharding.
   """
-  zeros = jnp.where(jnp.zeros(jnp.shape(p), bool), p, jnp.zeros([], jnp.result_type(p)))
-  return zeros.astype(dtype if dtype is not None else jnp.result_type(p))
+  out = jnp.dtype(dtype if dtype is not None else jnp.result_type(p))
+  if isinstance(p, jax.ShapeDtypeStruct):  # abstract params, e.g. jax.eval_shape's
+    zeros = jnp.zeros(p.shape, out)
+    sharding = getattr(p, "sharding", None)
+    return zeros if sharding is None else jax.device_put(zeros, sharding)
+  p = jnp.asarray(p, jnp.result_type(p))  # a Python scalar leaf, not weakly typed
+  if jnp.iscomplexobj(p) and not jnp.issubdtype(out, jnp.complexfloating):
+    p = p.real  # a real moment (Adam's nu) of a complex parameter
+  zeros = jnp.where(jnp.zeros(jnp.shape(p), bool), p, jnp.zeros([], p.dtype))
+  return zeros.astype(out)
+
+
+def real_dtype(dtype: Any) -> Any:
+  """The real counterpart of a complex dtype (complex64 -> float32), else itself."""
+  dt = jnp.dtype(dtype)
+  return jnp.finfo(dt).dtype if jnp.issubdtype(dt, jnp.complexfloating) else dt
+
+
+def second_moment_dtype(p: Any, nu_dtype: Any | None) -> Any:
+  """The dtype of a second moment or infinity norm for parameter ``p``.
+
+  ``nu_dtype`` when given. By default the parameter's real dtype, but never
+  narrower than float32: in bfloat16 (8 significant bits) ``0.999 * nu``
+  rounds back to ``nu``, so a bfloat16 infinity norm never decays and a
+  bfloat16 second moment stops averaging; float32 costs 2 more bytes per entry
+  for such params and keeps the running statistics right.
+  """
+  if nu_dtype is not None:
+    return nu_dtype
+  dt = real_dtype(jnp.result_type(p))
+  return jnp.promote_types(dt, jnp.float32)
+
+
+def check_trainable_params(fn: str, params: Any, *, complex_ok: bool) -> None:
+  """Raises ``TypeError`` for a param leaf that no optimizer can train.
+
+  Integer and boolean leaves (step counters, masks, batch statistics kept as
+  ints) would get integer moments, truncated at every step; complex leaves
+  where the algorithm has no complex form. Abstract leaves
+  (``jax.ShapeDtypeStruct``) are checked by their dtype.
+  """
+  for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dt = jnp.dtype(jnp.result_type(p))
+    if jnp.issubdtype(dt, jnp.floating):
+      continue
+    if jnp.issubdtype(dt, jnp.complexfloating):
+      if complex_ok:
+        continue
+      why = "complex parameters are not supported here"
+    else:
+      why = "integer and boolean parameters cannot be trained"
+    name = _checks.path_str(path)
+    raise TypeError(
+      f"{fn}: the parameter '{name}' has dtype {dt}; {why}. Leave it out of "
+      "the optimizer with optax.masked(tx, mask) or optaxtra.masks.freeze(tx, "
+      "frozen=...), or give it a floating dtype."
+    )

@@ -48,9 +48,7 @@ class ScaleByLearningRateState(NamedTuple):
 
 def _scalar(fn: str, name: str, value: ArrayLike) -> jax.Array:
   """A schedule's value as a scalar array in its own floating precision."""
-  v = jnp.asarray(value)
-  if v.ndim != 0:
-    raise ValueError(f"{fn}: {name} must give a scalar, got shape {v.shape}.")
+  v = _checks.schedule_output(fn, name, value)
   if not jnp.issubdtype(v.dtype, jnp.floating):
     v = v.astype(_checks.default_float())
   return v

@@ -75,6 +75,13 @@ def add_decayed_weights_decoupled(
     weight_decay: the non-negative decay coefficient, a float or a schedule
       (int32 step -> value).
     schedule: the multiplier ``eta_t``, a float or a schedule; None means 1.
+      The product ``weight_decay(t) * schedule(t)`` is the share of each
+      weight removed per step and must lie in [0, 1): 1 zeroes the weights,
+      more flips their sign. It is checked at init (step 0) and at every step
+      whose value is concrete; a traced value is used as it is and recorded
+      in the state's ``weight_decay``, where :func:`optaxtra.inspect` shows it.
+      Schedules must return real scalars (``TypeError`` for None, strings,
+      bools and complex numbers, even under ``jax.jit``).
     mask: which parameters to decay: a tree of bools with the params'
       structure (or a prefix of it), or a function params -> such a tree, as
       :func:`optaxtra.masks.path_mask` returns. None decays every parameter.
@@ -118,11 +125,9 @@ def add_decayed_weights_decoupled(
   )
 
   def rate(count):
-    r = jnp.asarray(_value(weight_decay, count)) * jnp.asarray(_value(schedule, count))
-    if r.ndim != 0:
-      raise ValueError(
-        f"{_FN}: weight_decay * schedule must be a scalar, got shape {r.shape}."
-      )
+    wd = _checks.schedule_output(_FN, "weight_decay", _value(weight_decay, count))
+    sc = _checks.schedule_output(_FN, "schedule", _value(schedule, count))
+    r = wd * sc
     if not jnp.issubdtype(r.dtype, jnp.floating):
       r = r.astype(fdt)
     return r
@@ -133,10 +138,13 @@ def add_decayed_weights_decoupled(
     if mask is not None and jax.tree.leaves(params):
       resolve_mask(_FN, mask, params)
     r = rate(jnp.zeros([], jnp.int32))
-    if not _checks.is_traced(r) and float(r) < 0:
+    if not _checks.is_traced(r) and not 0 <= float(r) < 1:
       raise ValueError(
-        f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; both must "
-        "give non-negative values."
+        f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; it must be "
+        "in [0, 1): it is the share of each weight removed per step, so 1 "
+        "zeroes the weights and more flips their sign. With "
+        "schedule=learning_rate, weight_decay is a coefficient such as 1e-2 "
+        "(PyTorch's AdamW default), not a rate per step."
       )
     return AddDecayedWeightsDecoupledState(jnp.zeros([], jnp.int32), r.astype(fdt))
 
@@ -150,6 +158,12 @@ def add_decayed_weights_decoupled(
     _checks.check_updates_match(_FN, updates, params, "params")
     _checks.check_float_updates(_FN, updates, complex_ok=True)
     r = rate(state.count)
+    if not _checks.is_traced(r) and not 0 <= float(r) < 1:
+      raise ValueError(
+        f"{_FN}: weight_decay * schedule is {float(r)!r} at step "
+        f"{int(state.count)}; it must be in [0, 1) (1 zeroes the weights, more "
+        "flips their sign). Check the schedules' values at that step."
+      )
     new_state = AddDecayedWeightsDecoupledState(
       safe_increment(state.count), r.astype(fdt)
     )

@@ -152,8 +152,11 @@ def test_bfloat16_each_step(case):
       want = -float(_lr(n)) * u - (rate * ref.f64(params[k]) if mask[k] else 0.0)
       assert updates[k].dtype == jnp.bfloat16
       scale = float(_lr(n)) * np.abs(u) + rate * np.abs(ref.f64(params[k]))
-      # Each of the three stages hands on bfloat16 updates: three roundings.
-      _harness.assert_close(updates[k], want, 2**-7, scale, f"{n} {k}")
+      # Each of the three stages hands on bfloat16 updates: three roundings,
+      # each within bfloat16's unit roundoff 2**-8 of its value (2**-7, the
+      # bound before, covers two: it held only while nu, stored in bfloat16,
+      # never decayed and the steps stayed away from the binades' bottoms).
+      _harness.assert_close(updates[k], want, 3 * 2**-8, scale, f"{n} {k}")
     params = optax.apply_updates(params, updates)
     assert params["w"].dtype == jnp.bfloat16
     state = new_state

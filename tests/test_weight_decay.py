@@ -36,8 +36,8 @@ def _params(dtype, shapes=SHAPES, seed=4):
 
 
 def _lr(n):
-  """Warmup for 3 steps, then linear decay to 0 at step 12 (NumPy or JAX n)."""
-  return 0.01 * jnp.minimum((n + 1) / 3.0, (12.0 - n) / 9.0)
+  """Warmup for 3 steps, linear decay to 0 at step 12, then 0 (NumPy or JAX n)."""
+  return 0.01 * jnp.maximum(jnp.minimum((n + 1) / 3.0, (12.0 - n) / 9.0), 0.0)
 
 
 def _wd(n):
@@ -487,7 +487,7 @@ def _init(*args, **kwargs):
     (
       _init(0.1, schedule=lambda n: jnp.ones(2)),
       ValueError,
-      r"weight_decay \* schedule must be a scalar, got shape \(2,\)",
+      r"must give a scalar, got shape \(2,\)",
     ),
     (_init(0.1, mask={"w": True}), ValueError, "mask does not fit the params' tree"),
     (_init(0.1, mask={"w": True, "x": False}), ValueError, "mask does not fit"),
