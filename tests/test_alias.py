@@ -42,8 +42,8 @@ def _params(dtype, shapes=SHAPES, seed=6):
 
 
 def _lr(n):
-  """Warmup for 3 steps to 0.01, then linear decay (NumPy or JAX int n)."""
-  return 0.01 * jnp.minimum((n + 1) / 3.0, (15.0 - n) / 12.0)
+  """Warmup for 3 steps to 0.01, linear decay to 0 at step 15, then 0."""
+  return 0.01 * jnp.maximum(jnp.minimum((n + 1) / 3.0, (15.0 - n) / 12.0), 0.0)
 
 
 def _np(schedule):
