@@ -558,7 +558,7 @@ BAD = [
   (lambda: S.exponential_decay(1.0, 10, 2.0, end_value=0.5), ValueError, "end_value"),
   (lambda: S.exponential_decay(1.0, 10, 0.5, staircase="yes"), TypeError, "staircase"),
   (lambda: S.exponential_decay(float("nan"), 10, 0.5), ValueError, "init_value"),
-  (lambda: S.exponential_decay(1.0, 2**31, 0.5), ValueError, "transition_steps"),
+  (lambda: S.exponential_decay(1.0, 2**63, 0.5), ValueError, "transition_steps"),
   (lambda: S.exponential_decay(1.0, "10", 0.5), TypeError, "transition_steps"),
   (lambda: S.polynomial_decay(1.0, 0.0, 0), ValueError, "decay_steps"),
   (lambda: S.polynomial_decay(1.0, 0.0, 10, power=-1.0), ValueError, "power"),
@@ -659,3 +659,578 @@ def test_plot_marks_epoch_boundaries(tmp_path):
     plt.close(fig2)
   finally:
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# Steps beyond int32: never wrapped. Without x64 a concrete one raises (JAX has
+# no int64 to compute it in); under x64 int64 steps are exact, traced or not.
+
+BIG = 2**31 + 5  # wraps to -2**31 + 5 as an int32
+OVERFLOW = "OverflowError"  # what Optax gives: it raises
+
+# Without x64: (ours, Optax's schedule or None, step, what Optax returns for it).
+# Optax is right for some and wraps for others (marked).
+BEYOND_INT32 = {
+  "exponential-np.int64": (
+    lambda: S.exponential_decay(1.0, 100, 0.5),
+    lambda: optax.exponential_decay(1.0, 100, 0.5),
+    np.int64(BIG),
+    0.0,
+  ),
+  "exponential-int": (
+    lambda: S.exponential_decay(1.0, 100, 0.5),
+    lambda: optax.exponential_decay(1.0, 100, 0.5),
+    BIG,
+    0.0,
+  ),
+  "cosine-np.int64": (  # Optax wraps: its value at step -2**31 + 5
+    lambda: S.cosine_decay(1.0, 100),
+    lambda: optax.cosine_decay_schedule(1.0, 100),
+    np.int64(BIG),
+    0.6347941,
+  ),
+  "cosine-int": (
+    lambda: S.cosine_decay(1.0, 100),
+    lambda: optax.cosine_decay_schedule(1.0, 100),
+    BIG,
+    0.0,
+  ),
+  "cosine-negative": (  # Optax wraps to 2**31 - 5: the end of the decay
+    lambda: S.cosine_decay(1.0, 100),
+    lambda: optax.cosine_decay_schedule(1.0, 100),
+    np.int64(-BIG),
+    0.0,
+  ),
+  "polynomial-np.int64": (  # Optax wraps: its step-0 value
+    lambda: S.polynomial_decay(1.0, 0.0, 100),
+    lambda: optax.polynomial_schedule(1.0, 0.0, 1.0, 100),
+    np.int64(BIG),
+    1.0,
+  ),
+  "polynomial-int": (
+    lambda: S.polynomial_decay(1.0, 0.0, 100),
+    lambda: optax.polynomial_schedule(1.0, 0.0, 1.0, 100),
+    BIG,
+    OVERFLOW,
+  ),
+  "piecewise-array": (
+    lambda: S.piecewise_constant(1.0, {10: 0.1}),
+    lambda: optax.piecewise_constant_schedule(1.0, {10: 0.1}),
+    np.array([7, BIG]),
+    [1.0, 0.1],
+  ),
+  "piecewise-negative": (  # Optax wraps to 2**31 - 5, past the boundary
+    lambda: S.piecewise_constant(1.0, {10: 0.1}),
+    lambda: optax.piecewise_constant_schedule(1.0, {10: 0.1}),
+    np.int64(-BIG),
+    0.1,
+  ),
+  "constant-int": (
+    lambda: S.constant(1.0),
+    lambda: optax.constant_schedule(1.0),
+    BIG,
+    1.0,
+  ),
+  "join-np.int64": (
+    lambda: S.join([S.constant(1.0), S.constant(2.0)], [10]),
+    lambda: optax.join_schedules(
+      [optax.constant_schedule(1.0), optax.constant_schedule(2.0)], [10]
+    ),
+    np.int64(BIG),
+    2.0,
+  ),
+  "warmup-int": (lambda: S.linear_warmup(S.cosine_decay(1.0, 99), 9), None, BIG, None),
+  "per_epoch-np.int64": (
+    lambda: S.per_epoch(S.cosine_decay(1.0, 5), 10),
+    None,
+    np.int64(BIG),
+    None,
+  ),
+  "per_epoch-uint32-array": (
+    lambda: S.per_epoch(S.cosine_decay(1.0, 5), 10),
+    None,
+    np.array([7, 2**32 - 1], np.uint32),
+    None,
+  ),
+  "join-list": (
+    lambda: S.join([S.constant(1.0), S.constant(2.0)], [10]),
+    None,
+    [0, 2**70],
+    None,
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEYOND_INT32))
+def test_step_beyond_int32_raises_without_x64(case):
+  make, _, step, _ = BEYOND_INT32[case]
+  with pytest.raises(ValueError, match=r"the step -?\d+.* int32 step count"):
+    make()(step)
+
+
+@pytest.mark.parametrize(
+  "case", sorted(k for k, v in BEYOND_INT32.items() if v[1] is not None)
+)
+def test_what_optax_returns_for_a_step_beyond_int32(case):
+  _, make_optax, step, want = BEYOND_INT32[case]
+  if want == OVERFLOW:
+    with pytest.raises(OverflowError):
+      make_optax()(step)
+  else:
+    np.testing.assert_allclose(np.asarray(make_optax()(step)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("dtype", "values", "want"),
+  [
+    # A traced uint32 may hold steps beyond int32: refused by its dtype...
+    ("uint32", [7, 2**31], TypeError),
+    # ...but a concrete one is checked by value, and small ones are fine.
+    ("uint32-eager", [7, 2**31 - 1], [0.5 ** (7 / 2**30), 0.5 ** (2 - 2**-30)]),
+    ("uint32-eager", [7, 2**31], ValueError),
+    ("uint16", [7, 2**16 - 1], [0.5 ** (7 / 2**30), 0.5 ** ((2**16 - 1) / 2**30)]),
+  ],
+)
+def test_unsigned_steps(dtype, values, want):
+  s = S.exponential_decay(1.0, 2**30, 0.5)
+  steps = jnp.asarray(values, dtype.removesuffix("-eager"))
+  f = s if dtype.endswith("-eager") else jax.jit(s)
+  if isinstance(want, type):
+    with pytest.raises(want, match="step"):
+      f(steps)
+  else:
+    np.testing.assert_allclose(np.asarray(f(steps)), want, rtol=1e-6)
+
+
+# Under x64: (ours, Optax's schedule or None, int64 steps, the float64 values,
+# what Optax returns for them). All exact, at boundaries beyond int32.
+X64_STEPS = {
+  "exponential-staircase": (
+    lambda: S.exponential_decay(1.0, 2**31 + 3, 0.5, staircase=True),
+    lambda: optax.exponential_decay(1.0, 2**31 + 3, 0.5, staircase=True),
+    [2**31 + 2, 2**31 + 3, 2**33 + 9],
+    [1.0, 0.5, 0.125],
+    [1.0, 0.5, 0.125],
+  ),
+  "exponential": (
+    lambda: S.exponential_decay(1.0, 2**31, 0.5, transition_begin=2**31),
+    lambda: optax.exponential_decay(1.0, 2**31, 0.5, transition_begin=2**31),
+    [2**31 - 1, 2**31, 2**31 + 2**30, 2**33],
+    [1.0, 1.0, 0.5**0.5, 0.125],
+    [1.0, 1.0, 0.5**0.5, 0.125],
+  ),
+  "cosine": (
+    lambda: S.cosine_decay(1.0, 2**32, alpha=0.5),
+    lambda: optax.cosine_decay_schedule(1.0, 2**32, alpha=0.5),
+    [2**31, 2**32 - 1, 2**32, BIG * 3],
+    [0.75, 0.5 + 0.5 * math.sin(math.pi / 2**33) ** 2, 0.5, 0.5],
+    [0.75, 0.5, 0.5, 0.5],
+  ),
+  "polynomial": (
+    lambda: S.polynomial_decay(1.0, 0.0, 2**32),
+    lambda: optax.polynomial_schedule(1.0, 0.0, 1.0, 2**32),
+    [2**31, 2**32 - 1, 2**32],
+    [0.5, 2.0**-32, 0.0],
+    [0.5, 2.0**-32, 0.0],
+  ),
+  "polynomial-cycle": (
+    lambda: S.polynomial_decay(1.0, 0.0, 2**31, cycle=True),
+    None,
+    [2**31, 2**32, 2**32 + 1, 3 * 2**31],
+    [0.0, 0.0, (2**31 - 1) / 3 / 2**31, 0.0],
+    None,
+  ),
+  "piecewise": (
+    lambda: S.piecewise_constant(1.0, {2**32: 0.5, 5: 0.25}),
+    lambda: optax.piecewise_constant_schedule(1.0, {2**32: 0.5, 5: 0.25}),
+    [2**32 - 1, 2**32],
+    [0.25, 0.125],
+    [0.25, 0.125],
+  ),
+  "join": (
+    lambda: S.join([S.constant(1.0), S.polynomial_decay(1.0, 0.0, 2**32)], [2**33]),
+    lambda: optax.join_schedules(
+      [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 2**32)],
+      [2**33],
+    ),
+    [2**33 - 1, 2**33, 2**33 + 2**31],
+    [1.0, 1.0, 0.5],
+    [1.0, 1.0, 0.5],
+  ),
+  "warmup": (
+    lambda: S.linear_warmup(S.constant(2.0), 2**32, peak_value=1.0),
+    lambda: optax.linear_schedule(0.0, 1.0, 2**32),
+    [2**31, 2**32 - 1, 2**32],
+    [0.5, 1 - 2.0**-32, 2.0],
+    [0.5, 1 - 2.0**-32, 1.0],  # then constant at the peak, ours at 2.0
+  ),
+  "per_epoch": (
+    lambda: S.per_epoch(lambda e: e * 1.0, 2**31),
+    None,
+    [2**32 - 1, 2**32, -BIG],
+    [1.0, 2.0, -2.0],
+    None,
+  ),
+  "per_epoch-smooth": (
+    lambda: S.per_epoch(lambda e: e * 1.0, 2**31, staircase=False),
+    None,
+    [2**32 + 2**30, -(2**30)],
+    [2.5, -0.5],
+    None,
+  ),
+  "constant": (
+    lambda: S.constant(3.0),
+    lambda: optax.constant_schedule(3.0),
+    [2**40],
+    [3.0],
+    [3.0],
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(X64_STEPS))
+def test_int64_steps_are_exact_under_x64(x64, case):
+  del x64
+  make, _, steps, want, _ = X64_STEPS[case]
+  s = make()
+  int64 = jnp.asarray(steps, jnp.int64)
+  for got in [s(int64), jax.jit(s)(int64), [s(t) for t in steps]]:
+    got = np.asarray(got)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+  np.testing.assert_allclose(s(np.asarray(steps)), want, rtol=1e-12, atol=0)
+  # A Python int or an array beyond int64 is refused, not wrapped.
+  with pytest.raises(ValueError, match="int64 step count"):
+    s(2**63)
+
+
+@pytest.mark.parametrize(
+  "case", sorted(k for k, v in X64_STEPS.items() if v[1] is not None)
+)
+def test_what_optax_returns_for_int64_steps_under_x64(x64, case):
+  del x64
+  _, make_optax, steps, _, want = X64_STEPS[case]
+  got = jax.jit(make_optax())(jnp.asarray(steps, jnp.int64))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# Lengths beyond int32: accepted, never reached by an int32 step, and every
+# int32 step exact. (ours, Optax's schedule or None, float64 value at step t,
+# what Optax returns at STEPS32.)
+
+STEPS32 = [0, 1, 2**24 + 1, INT32_MAX - 1, INT32_MAX]
+L = 2**31  # one more than any int32 step
+
+
+def _cos(init, T, t, alpha=0.0):
+  return init * ((1 - alpha) * math.sin(math.pi / 2 * (T - t) / T) ** 2 + alpha)
+
+
+LONG = {
+  "cosine-1e10": (
+    lambda: S.cosine_decay(1000.0, int(1e10)),
+    lambda: optax.cosine_decay_schedule(1000.0, int(1e10)),
+    lambda t: _cos(1000.0, 10**10, t),
+    [_cos(1000.0, 10**10, t) for t in STEPS32],
+  ),
+  "cosine-2**31": (  # Optax's 1 + cos cancels to 0 at the end
+    lambda: S.cosine_decay(1.0, L),
+    lambda: optax.cosine_decay_schedule(1.0, L),
+    lambda t: _cos(1.0, L, t),
+    [1.0, 1.0, _cos(1.0, L, 2**24 + 1), 0.0, 0.0],
+  ),
+  "exponential": (
+    lambda: S.exponential_decay(1.0, L, 0.5),
+    lambda: optax.exponential_decay(1.0, L, 0.5),
+    lambda t: 0.5 ** (t / L),
+    OVERFLOW,
+  ),
+  "exponential-staircase": (
+    lambda: S.exponential_decay(1.0, L, 0.5, staircase=True),
+    lambda: optax.exponential_decay(1.0, L, 0.5, staircase=True),
+    lambda t: 1.0,
+    OVERFLOW,
+  ),
+  "exponential-begin": (
+    lambda: S.exponential_decay(1.0, 10, 0.5, transition_begin=L),
+    lambda: optax.exponential_decay(1.0, 10, 0.5, transition_begin=L),
+    lambda t: 1.0,
+    OVERFLOW,
+  ),
+  "polynomial": (
+    lambda: S.polynomial_decay(1.0, 0.0, L),
+    lambda: optax.polynomial_schedule(1.0, 0.0, 1.0, L),
+    lambda t: (L - t) / L,
+    OVERFLOW,
+  ),
+  "polynomial-cycle": (
+    lambda: S.polynomial_decay(1.0, 0.0, 10**12, power=2.0, cycle=True),
+    None,
+    lambda t: ((10**12 - t) / 10**12) ** 2,
+    None,
+  ),
+  "piecewise": (
+    lambda: S.piecewise_constant(1.0, {L: 0.1, 5: 0.5, 10**15: 3.0}),
+    lambda: optax.piecewise_constant_schedule(1.0, {L: 0.1, 5: 0.5, 10**15: 3.0}),
+    lambda t: 1.0 if t < 5 else 0.5,
+    OVERFLOW,
+  ),
+  "join": (
+    lambda: S.join([S.cosine_decay(1.0, L), S.constant(2.0)], [L]),
+    lambda: optax.join_schedules(
+      [optax.cosine_decay_schedule(1.0, L), optax.constant_schedule(2.0)], [L]
+    ),
+    lambda t: _cos(1.0, L, t),
+    OVERFLOW,
+  ),
+  "warmup": (
+    lambda: S.linear_warmup(S.constant(2.0), L, peak_value=1.0),
+    lambda: optax.linear_schedule(0.0, 1.0, L),
+    lambda t: t / L,
+    OVERFLOW,
+  ),
+  "warmup-shift": (
+    lambda: S.linear_warmup(S.constant(2.0), 3 * L, peak_value=1.0, shift=True),
+    None,
+    lambda t: t / (3 * L),
+    None,
+  ),
+  "per_epoch": (
+    lambda: S.per_epoch(lambda e: e + 1.0, L),
+    None,
+    lambda t: 1.0,
+    None,
+  ),
+  "per_epoch-smooth": (
+    lambda: S.per_epoch(lambda e: e + 1.0, L, staircase=False),
+    None,
+    lambda t: 1 + t / L,
+    None,
+  ),
+  "per_epoch-smooth-cosine": (  # float epochs: float32(2**31 - 1) is 2**31
+    lambda: S.per_epoch(S.cosine_decay(1.0, L), 1, staircase=False),
+    None,
+    lambda t: _cos(1.0, L, f32(t)),
+    None,
+  ),
+}
+
+
+@JIT
+@pytest.mark.parametrize("case", sorted(LONG))
+def test_lengths_beyond_int32(case, jit):
+  make, _, ref_at, _ = LONG[case]
+  got = call(make(), STEPS32, jit)
+  want = [ref_at(t) for t in STEPS32]
+  # Relative accuracy, down to the smallest values (5e-19 for the cosine).
+  np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("case", sorted(k for k, v in LONG.items() if v[1] is not None))
+def test_what_optax_returns_for_lengths_beyond_int32(case):
+  _, make_optax, _, want = LONG[case]
+  steps = jnp.asarray(STEPS32, jnp.int32)
+  if want == OVERFLOW:
+    with pytest.raises(OverflowError):
+      make_optax()(steps)
+  else:
+    np.testing.assert_allclose(np.asarray(make_optax()(steps)), want, rtol=2e-6)
+
+
+def test_negative_steps_with_long_epochs():
+  # Floor division: the step before 0 is in epoch -1, however long an epoch.
+  lr = S.per_epoch(lambda e: e * 1.0, 2**40)
+  np.testing.assert_array_equal(call(lr, [-5, -1, 0, 5], jit=True), [-1, -1, 0, 0])
+
+
+# ---------------------------------------------------------------------------
+# Non-finite values: refused like nan, naming the argument. (ours, its
+# argument, Optax's same schedule, what Optax returns at step 5.)
+
+INF = float("inf")
+NON_FINITE = {
+  "exponential-init_value": (
+    lambda: S.exponential_decay(INF, 10, 0.5),
+    "init_value",
+    lambda: optax.exponential_decay(INF, 10, 0.5),
+    INF,
+  ),
+  "exponential-decay_rate": (
+    lambda: S.exponential_decay(1.0, 10, INF),
+    "decay_rate",
+    lambda: optax.exponential_decay(1.0, 10, INF),
+    INF,
+  ),
+  "exponential-end_value": (
+    lambda: S.exponential_decay(1.0, 10, 0.5, end_value=-INF),
+    "end_value",
+    lambda: optax.exponential_decay(1.0, 10, 0.5, end_value=-INF),
+    0.5**0.5,
+  ),
+  "cosine-init_value": (
+    lambda: S.cosine_decay(-INF, 10),
+    "init_value",
+    lambda: optax.cosine_decay_schedule(-INF, 10),
+    -INF,
+  ),
+  "cosine-alpha": (
+    lambda: S.cosine_decay(1.0, 10, alpha=-INF),
+    "alpha",
+    lambda: optax.cosine_decay_schedule(1.0, 10, alpha=-INF),
+    math.nan,
+  ),
+  "cosine-exponent": (
+    lambda: S.cosine_decay(1.0, 10, exponent=INF),
+    "exponent",
+    lambda: optax.cosine_decay_schedule(1.0, 10, exponent=INF),
+    0.0,
+  ),
+  "polynomial-power": (
+    lambda: S.polynomial_decay(1.0, 0.0, 10, power=INF),
+    "power",
+    lambda: optax.polynomial_schedule(1.0, 0.0, INF, 10),
+    0.0,
+  ),
+  "polynomial-end_value": (
+    lambda: S.polynomial_decay(1.0, -INF, 10),
+    "end_value",
+    lambda: optax.polynomial_schedule(1.0, -INF, 1.0, 10),
+    math.nan,
+  ),
+  "piecewise-scale": (
+    lambda: S.piecewise_constant(1.0, {3: INF}),
+    "scale",
+    lambda: optax.piecewise_constant_schedule(1.0, {3: INF}),
+    INF,
+  ),
+  "piecewise-init_value": (
+    lambda: S.piecewise_constant(np.float32(INF), {3: 0.5}),
+    "init_value",
+    lambda: optax.piecewise_constant_schedule(np.float32(INF), {3: 0.5}),
+    math.nan,  # inf * 0 somewhere inside
+  ),
+  "constant-value": (
+    lambda: S.constant(jnp.float32(-INF)),
+    "value",
+    lambda: optax.constant_schedule(jnp.float32(-INF)),
+    -INF,
+  ),
+  "warmup-peak_value": (
+    lambda: S.linear_warmup(S.cosine_decay(1.0, 10), 3, peak_value=INF, shift=True),
+    "peak_value",
+    lambda: optax.warmup_cosine_decay_schedule(0.0, INF, 3, 13),
+    INF,
+  ),
+  "warmup-schedule": (lambda: S.linear_warmup(-INF, 3), "schedule", None, None),
+  "exponential-decay_rate-nan": (
+    lambda: S.exponential_decay(1.0, 10, math.nan),
+    "decay_rate",
+    lambda: optax.exponential_decay(1.0, 10, math.nan),
+    math.nan,
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_non_finite_values_raise_naming_them(case):
+  make, name, _, _ = NON_FINITE[case]
+  with pytest.raises(ValueError, match=rf"{name}.*(inf|nan)"):
+    make()
+
+
+@pytest.mark.parametrize(
+  "case", sorted(k for k, v in NON_FINITE.items() if v[2] is not None)
+)
+def test_what_optax_returns_for_non_finite_values(case):
+  _, _, make_optax, want = NON_FINITE[case]
+  np.testing.assert_allclose(float(make_optax()(5)), want, rtol=1e-6)
+
+
+def test_traced_values_are_not_checked():
+  # A traced value cannot be inspected: it is the caller's (and inf passes).
+  f = jax.jit(lambda rate: S.exponential_decay(1.0, 10, rate)(10))
+  assert float(f(INF)) == INF
+
+
+# ---------------------------------------------------------------------------
+# A user schedule's output, checked at trace time. (the combinator, the
+# schedule, what the message says it returned, Optax's join_schedules result
+# for it at steps 0..4: a value or the error it raises.)
+
+OUTPUTS = {
+  "none": (lambda t: None, "None", TypeError),
+  "str": (lambda t: "0.1", "'0.1'", TypeError),
+  "bool": (lambda t: True, "True", [1.0] * 5),
+  "bool-array": (lambda t: t > 2, "an array of dtype bool", [0.0] * 3 + [1.0] * 2),
+  "complex": (lambda t: 1j, "1j", [1j] * 3 + [1.0] * 2),
+  "complex-array": (
+    lambda t: t * 0.5j,
+    "an array of dtype complex",
+    [0, 0.5j, 1j, 1, 1],
+  ),
+  "vector": (lambda t: jnp.ones(3), r"an array .* shape \(3,\)", ValueError),
+  "tuple": (lambda t: (t, t), "a tuple of 2 entries", TypeError),
+}
+# Each combinator that calls a schedule, and sample.
+WRAPPERS = {
+  "join": lambda f: S.join([f, S.constant(1.0)], [3]),
+  "linear_warmup": lambda f: S.linear_warmup(f, 0),
+  "linear_warmup-peak": lambda f: S.linear_warmup(f, 3),  # peak: f(0)
+  "linear_warmup-shift": lambda f: S.linear_warmup(f, 3, peak_value=1.0, shift=True),
+  "per_epoch": lambda f: S.per_epoch(f, 2),
+  "per_epoch-smooth": lambda f: S.per_epoch(f, 2, staircase=False),
+  "sample": None,
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize("case", sorted(OUTPUTS))
+def test_bad_schedule_output_raises_naming_it(case, wrapper):
+  f, returned, _ = OUTPUTS[case]
+  fn = wrapper.split("-")[0]
+  name = {"join": r"schedules\[0\]", "per_epoch": "epoch_schedule"}.get(fn, "schedule")
+  match = rf"{fn}: {name} \(<function .*\) returned {returned}"
+  wrap = WRAPPERS[wrapper]
+  steps = jnp.arange(5)
+  runs = [lambda: S.sample(f, 5)] if wrap is None else []
+  if wrap is not None:
+    runs = [lambda: wrap(f)(steps), lambda: jax.jit(wrap(f))(steps)]
+  for run in runs:
+    with pytest.raises(TypeError, match=match):
+      run()
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUTS))
+def test_what_optax_join_returns_for_a_bad_schedule_output(case):
+  f, _, want = OUTPUTS[case]
+  j = optax.join_schedules([f, optax.constant_schedule(1.0)], [3])
+  if isinstance(want, type):
+    with pytest.raises(want):
+      j(jnp.arange(5))
+  else:
+    np.testing.assert_array_equal(np.asarray(j(jnp.arange(5))), want)
+
+
+@pytest.mark.parametrize(
+  ("f", "want"),
+  [
+    (lambda t: 1, [1.0] * 4),  # a Python int, broadcast
+    (lambda t: 0.5, [0.5] * 4),  # a Python float, as optax.constant_schedule
+    (lambda t: t, [0.0, 1.0, 2.0, 3.0]),  # integer values per step
+    (lambda t: jnp.float16(0.25), [0.25] * 4),  # its own float dtype
+    (lambda t: jnp.where(t < 2, math.nan, -1.0), [math.nan] * 2 + [-1.0] * 2),
+  ],
+)
+def test_good_schedule_outputs_pass_as_they_are(f, want):
+  # NaN and negative values are the schedule's own: passed on unchecked.
+  np.testing.assert_array_equal(S.sample(f, 4), want)
+  np.testing.assert_array_equal(np.asarray(S.join([f], [])(jnp.arange(4))), want)
+
+
+def test_bad_output_shape_is_still_a_value_error():
+  # Before, a wrong shape raised ValueError; it is now a TypeError too.
+  with pytest.raises(ValueError, match="shape"):
+    S.sample(lambda t: jnp.ones(3), 5)
+  with pytest.raises(TypeError, match="shape"):
+    S.sample(lambda t: jnp.ones(3), 5)

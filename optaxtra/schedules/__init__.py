@@ -9,8 +9,28 @@ ends, joins, cycles) are computed on the integer step, exact for every int32
 step. Floating steps (the fractional epochs :func:`per_epoch` passes on with
 ``staircase=False``) are accepted too, with floating-point boundaries. Where
 Optax has a schedule of the same name the signature is Optax's.
+
+Steps beyond int32 are never wrapped to a negative step (which would give the
+step-0 value). Without ``jax_enable_x64`` a concrete step (a Python int, a
+NumPy integer or array) outside int32 raises ``ValueError`` naming the step and
+the int32 limit, and a traced uint32 step raises ``TypeError`` (its dtype can
+hold such steps); under x64, int64 steps, concrete or traced, are computed
+exactly in int64. Out of a schedule's reach: under ``jax.jit`` without x64,
+JAX itself converts a NumPy int64 *argument* to int32, wrapping it, before the
+schedule sees it. Lengths and boundaries (``decay_steps``,
+``transition_steps``, ``boundaries``, ``warmup_steps``, ``steps_per_epoch``)
+may exceed int32, up to ``2**63 - 1``: an int32 step never reaches them (such a
+decay is simply never finished), and every int32 step is still exact.
+
 Bad arguments raise ``ValueError`` naming the argument when the schedule is
-built; nothing is silently replaced by a constant.
+built, non-finite values (``nan``, ``inf``, ``-inf``) included; nothing is
+silently replaced by a constant. A schedule given to :func:`join`,
+:func:`linear_warmup`, :func:`per_epoch` or :func:`sample` is checked when it
+is traced: one returning None, a string, a bool, a complex number or anything
+but one value per step raises ``TypeError`` naming it and what it returned.
+The *values* it returns are its own and are passed on unchecked (under
+``jax.jit`` they are not known): a NaN or a negative learning rate from it is
+not caught here; look at a schedule with :func:`sample` before training.
 
 Steps count *updates*: for a schedule in epochs use :func:`per_epoch`, and look
 at a schedule before training with :func:`sample` or :func:`plot`.

@@ -3,9 +3,16 @@
 Every schedule in :mod:`optaxtra.schedules` computes its boundaries (staircase
 steps, epochs, warmup ends, join points, cycles) on the *integer* step, so that
 they are exact for every int32 step. The helpers here hold the conventions that
-make that possible: integer arguments are concrete Python ints that fit an
-int32 step count, integer steps stay integers, and values are computed in one
-floating dtype decided by the schedule's values.
+make that possible: integer arguments are concrete Python ints (up to
+``2**63 - 1``: a length beyond the int32 step count is simply never reached by
+an int32 step), integer steps stay integers and are never wrapped (a step that
+does not fit the integers JAX computes in raises), and values are computed in
+one floating dtype decided by the schedule's values.
+
+The helpers taking a length or a boundary ``n`` (:func:`below`,
+:func:`reached`, :func:`shift`, :func:`split`, :func:`remaining`) work for an
+``n`` beyond the step's integer dtype too, where the comparison is decided
+without arithmetic: the step cannot reach ``n``.
 """
 
 from __future__ import annotations
@@ -21,12 +28,29 @@ import numpy as np
 from optaxtra import _checks
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+_LIMITS = {
+  INT32_MAX: "the int32 step count (<= 2**31 - 1)",
+  INT64_MAX: "an int64 (<= 2**63 - 1)",
+}
 
 Schedule = Callable[[Any], jax.Array]
 
 
-def check_int(fn: str, name: str, value: Any, *, low: int, what: str = "") -> int:
-  """``value`` as a Python int ``>= low`` fitting an int32 step count.
+def check_int(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: int,
+  what: str = "",
+  high: int = INT64_MAX,
+) -> int:
+  """``value`` as a Python int in ``[low, high]``.
+
+  The default ``high`` is ``2**63 - 1``: lengths and boundaries beyond the
+  int32 step count are accepted (an int32 step never reaches them), and every
+  accepted value fits the int64 steps of ``jax_enable_x64``.
 
   Integral floats (``40.0``) are accepted; anything else raises: a float with a
   fractional part (``31.25`` steps per epoch, the usual result of dividing a
@@ -39,6 +63,7 @@ def check_int(fn: str, name: str, value: Any, *, low: int, what: str = "") -> in
     value: the argument.
     low: the smallest allowed value.
     what: what the argument counts, for the message (e.g. "steps").
+    high: the largest allowed value, ``2**31 - 1`` or ``2**63 - 1``.
 
   Returns:
     The value as a Python int.
@@ -64,24 +89,36 @@ def check_int(fn: str, name: str, value: Any, *, low: int, what: str = "") -> in
     v = int(v)
   if v < low:
     raise ValueError(f"{fn}: {name} must be >= {low}{unit}, got {v}.")
-  if v > INT32_MAX:
-    raise ValueError(
-      f"{fn}: {name} must fit the int32 step count (<= 2**31 - 1), got {v}."
-    )
+  if v > high:
+    limit = _LIMITS.get(high, f"<= {high}")
+    raise ValueError(f"{fn}: {name} must fit {limit}, got {v}.")
   return v
 
 
-def check_value(fn: str, name: str, value: Any) -> None:
-  """Raises unless ``value`` is a finite real scalar (a tracer passes)."""
+def check_value(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  low_open: bool = False,
+  fix: str = "",
+) -> None:
+  """Raises unless ``value`` is a finite real scalar ``>= low`` (a tracer passes).
+
+  ``nan``, ``inf`` and ``-inf`` all raise ``ValueError`` naming the argument;
+  a traced value cannot be inspected and is let through.
+  """
   if callable(value):
     raise TypeError(
       f"{fn}: {name} must be a number, got the function {value!r}. To chain "
       "schedules use optaxtra.schedules.join or linear_warmup."
     )
-  _checks.check_scalar(fn, name, value)
+  _checks.check_scalar(fn, name, value, low=low, high=None, low_open=low_open, fix=fix)
   v = _checks.concrete_scalar(value)
   if v is not None and not math.isfinite(v):
-    raise ValueError(f"{fn}: {name} must be finite, got {v!r}.")
+    hint = f" {fix}" if fix else ""
+    raise ValueError(f"{fn}: {name} must be finite, got {v!r}.{hint}")
 
 
 def check_schedule(fn: str, name: str, schedule: Any) -> None:
@@ -112,32 +149,119 @@ def value_dtype(*values: Any) -> Any:
   return jnp.result_type(jnp.float32, *dtypes)
 
 
-def as_step(fn: str, step: Any) -> tuple[jax.Array, bool]:
-  """``step`` as an array, and whether it is an integer (exact) step.
+def _x64() -> bool:
+  """Whether ``jax_enable_x64`` is on (JAX's default int is int64)."""
+  return jnp.dtype(jnp.result_type(int)).itemsize == 8
 
-  Integer steps of any shape are kept as integers (int32, or int64 when given
-  under x64). Floating steps (fractional epochs passed on by
-  :func:`optaxtra.schedules.per_epoch`) are kept floating, at least float32.
+
+def _step_limits() -> tuple[str, int, int]:
+  """The integer dtype JAX computes steps in, and its range."""
+  if _x64():
+    return "int64", -(2**63), INT64_MAX
+  return "int32", -(2**31), INT32_MAX
+
+
+def _out_of_range(fn: str, value: Any) -> ValueError:
+  name, low, high = _step_limits()
+  if name == "int32":
+    fix = (
+      "(Optax's counts are int32, at most 2**31 - 1). It is refused rather "
+      "than wrapped to a negative step; turn on jax_enable_x64 to compute "
+      "int64 steps exactly."
+    )
+  else:
+    fix = "(jax_enable_x64 is on). It is refused rather than wrapped."
+  return ValueError(
+    f"{fn}: the step {value!r} does not fit the {name} step count [{low}, {high}] {fix}"
+  )
+
+
+def _host_step(fn: str, step: Any) -> Any:
+  """A concrete step (Python, NumPy or a concrete JAX array) as a NumPy array.
+
+  Integer values are checked, not just their dtype: any value outside the
+  integers JAX computes in (int32, int64 under x64) raises ``ValueError``, and
+  the rest are given a signed dtype that holds them (int32 for values of up to
+  32 bits, int64 for int64 and uint32 under x64), so that nothing wraps.
   """
-  if isinstance(step, bool):
-    raise TypeError(f"{fn}: the step must be an integer, got {step!r}.")
+  name, low, high = _step_limits()
+  if isinstance(step, int):  # a Python int (bools are refused before)
+    if not low <= step <= high:
+      raise _out_of_range(fn, step)
+    return step
   try:
-    arr = jnp.asarray(step)
-  except OverflowError:
-    raise ValueError(
-      f"{fn}: the step {step!r} does not fit the int32 step count (Optax's "
-      "counts are int32: at most 2**31 - 1)."
-    ) from None
-  except TypeError as e:
+    arr = np.asarray(step)
+  except (TypeError, ValueError) as e:
     raise TypeError(
       f"{fn}: the step must be an integer or an integer array, got {step!r} ({e})."
     ) from None
-  if jnp.issubdtype(arr.dtype, jnp.integer):
-    return arr.astype(jnp.promote_types(arr.dtype, jnp.int32)), True
-  if jnp.issubdtype(arr.dtype, jnp.floating):
-    return arr.astype(jnp.promote_types(arr.dtype, jnp.float32)), False
+  if arr.dtype == object:  # a list holding Python ints beyond 64 bits
+    values = list(arr.flat)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+      raise TypeError(
+        f"{fn}: the step must be an integer or an integer array, got {step!r}."
+      )
+    raise _out_of_range(fn, max(values, key=lambda v: max(v - high, low - v)))
+  if arr.dtype.kind not in "iu":
+    return arr
+  if arr.size:
+    lo, hi = arr.min().item(), arr.max().item()
+    if lo < low:
+      raise _out_of_range(fn, lo)
+    if hi > high:
+      raise _out_of_range(fn, hi)
+  wide = arr.dtype.itemsize > 4 or (arr.dtype.kind == "u" and arr.dtype.itemsize == 4)
+  return arr.astype(np.int64 if wide and name == "int64" else np.int32)
+
+
+def _wide_unsigned(dtype: Any) -> bool:
+  """uint32 and uint64: an unsigned dtype whose values may not fit int32."""
+  return jnp.issubdtype(dtype, jnp.unsignedinteger) and jnp.dtype(dtype).itemsize >= 4
+
+
+def as_step(fn: str, step: Any) -> tuple[jax.Array, bool]:
+  """``step`` as an array, and whether it is an integer (exact) step.
+
+  Integer steps of any shape are kept as integers, never wrapped: int32 steps
+  (Optax's counts) as they are; int64 steps under ``jax_enable_x64`` as int64.
+  A concrete step (a Python int, a NumPy integer or array, a concrete JAX
+  array) is checked by value: one beyond the integers JAX computes in (int32,
+  or int64 under x64) raises ``ValueError`` naming the step and the limit. A
+  traced step is checked by dtype: an unsigned dtype whose values may exceed
+  them (uint32, or uint64 under x64) raises ``TypeError`` at trace time.
+  Floating steps (fractional epochs passed on by
+  :func:`optaxtra.schedules.per_epoch`) are kept floating, at least float32.
+  """
+  if isinstance(step, bool | np.bool_):
+    raise TypeError(f"{fn}: the step must be an integer, got {step!r}.")
+  wide = isinstance(step, jax.Array) and _wide_unsigned(step.dtype)
+  if _checks.is_traced(step) or (isinstance(step, jax.Array) and not wide):
+    arr = step  # int32 (Optax's counts) and floats go straight through
+  else:
+    step = _host_step(fn, step)
+    try:
+      arr = jnp.asarray(step)
+    except TypeError as e:
+      raise TypeError(
+        f"{fn}: the step must be an integer or an integer array, got {step!r} ({e})."
+      ) from None
+  dt = arr.dtype
+  if _wide_unsigned(dt):
+    if dt.itemsize == 4 and _x64():
+      return arr.astype(jnp.int64), True
+    name, _, high = _step_limits()
+    raise TypeError(
+      f"{fn}: the step has dtype {dt}, whose values may exceed the {name} step "
+      f"count (at most {high}); a traced step is checked by its dtype, and is "
+      f"refused rather than wrapped. Pass {name} steps (Optax's counts are "
+      "int32)" + ("" if name == "int64" else " or turn on jax_enable_x64") + "."
+    )
+  if jnp.issubdtype(dt, jnp.integer):
+    return arr.astype(jnp.promote_types(dt, jnp.int32)), True
+  if jnp.issubdtype(dt, jnp.floating):
+    return arr.astype(jnp.promote_types(dt, jnp.float32)), False
   raise TypeError(
-    f"{fn}: the step must be an integer or an integer array, got dtype {arr.dtype}."
+    f"{fn}: the step must be an integer or an integer array, got dtype {dt}."
   )
 
 
@@ -148,26 +272,130 @@ def compute_dtype(vdt: Any, step: jax.Array) -> Any:
   return vdt
 
 
-def as_values(fn: str, name: str, out: Any, shape: tuple[int, ...]) -> jax.Array:
-  """A schedule's output as a floating array of the step's shape."""
-  arr = jnp.asarray(out)
-  if not jnp.issubdtype(arr.dtype, jnp.floating):
-    arr = arr.astype(_checks.default_float())
+class ScheduleShapeError(TypeError, ValueError):
+  """A schedule returned an array that is not one value per step.
+
+  Both a ``TypeError`` (a wrong kind of return value, like ``None`` or a
+  string) and, as before, a ``ValueError``.
+  """
+
+
+def _returned(out: Any) -> str:
+  """What a schedule returned, for a message (no tracer's repr)."""
+  if out is None or isinstance(out, str | bytes | bool | int | float | complex):
+    return repr(out)
+  if isinstance(out, list | tuple | dict):
+    return f"a {type(out).__name__} of {len(out)} entries"
+  dtype, shape = getattr(out, "dtype", None), getattr(out, "shape", None)
+  if dtype is not None and shape is not None:
+    return f"an array of dtype {dtype} and shape {tuple(shape)}"
+  text = repr(out)
+  return f"{type(out).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def as_values(
+  fn: str, name: str, schedule: Any, out: Any, shape: tuple[int, ...]
+) -> jax.Array:
+  """``schedule``'s output as a floating array of the step's shape.
+
+  Checked at trace time, where the dtype and the shape are known: the output
+  must be a real number (float, or int, which becomes the default float) per
+  step, that is of shape ``()`` (broadcast) or of the step's shape. None,
+  strings, bools, complex numbers and other shapes raise ``TypeError`` naming
+  the schedule and what it returned. The values themselves (a NaN, a negative
+  learning rate) are not checked: under ``jax.jit`` they are not known.
+  """
+
+  def what(returned: str) -> str:
+    return f"{fn}: {name} ({schedule!r}) returned {returned}"
+
+  fix = (
+    "; a schedule must return a real number per step: a float (or int) "
+    "scalar, or an array of the step's shape"
+  )
+  # None inside: older JAX (0.4.30) reads it as a NaN, with a FutureWarning.
+  leaves = jax.tree_util.tree_leaves(out, is_leaf=lambda x: x is None)
   try:
-    return jnp.broadcast_to(arr, shape)
-  except ValueError:
-    raise ValueError(
-      f"{fn}: {name} returned shape {arr.shape} for steps of shape {shape}; a "
-      "schedule must return a scalar per step (write it with jnp operations "
-      "so that it works on arrays of steps)."
-    ) from None
+    bad = any(x is None or isinstance(x, str | bytes) for x in leaves)
+    arr = None if bad or not leaves else jnp.asarray(out)
+  except (TypeError, ValueError):
+    arr = None
+  if arr is None:
+    raise TypeError(what(_returned(out)) + fix + ".")
+  dt = arr.dtype
+  if jnp.issubdtype(dt, jnp.bool_) or not (
+    jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer)
+  ):
+    raise TypeError(what(_returned(out)) + fix + ".")
+  if arr.shape not in ((), tuple(shape)):
+    raise ScheduleShapeError(
+      what(_returned(out))
+      + f" for steps of shape {tuple(shape)}"
+      + fix
+      + " (write it with jnp operations so that it works on arrays of steps)."
+    )
+  if not jnp.issubdtype(dt, jnp.floating):
+    arr = arr.astype(_checks.default_float())
+  return jnp.broadcast_to(arr, shape)
+
+
+def real(n: int) -> int | float:
+  """``n`` for floating arithmetic: itself, or a float beyond int32.
+
+  JAX reads a Python int as a (weak) int32 without x64 and overflows on a
+  larger one even where it meets a float; as a float it is rounded once to
+  the computation's dtype, as an int within int32 is.
+  """
+  return n if n <= INT32_MAX else float(n)
+
+
+def beyond(step: jax.Array, n: int) -> bool:
+  """Whether the integer ``step``'s dtype cannot hold ``n`` (so never reaches it)."""
+  return bool(jnp.issubdtype(step.dtype, jnp.integer)) and n > jnp.iinfo(step.dtype).max
+
+
+def below(step: jax.Array, n: int) -> jax.Array:
+  """``step < n``, also for an ``n`` beyond the integer step's dtype."""
+  if beyond(step, n):
+    return jnp.ones(step.shape, bool)
+  return step < (n if jnp.issubdtype(step.dtype, jnp.integer) else real(n))
+
+
+def reached(step: jax.Array, n: int) -> jax.Array:
+  """``step >= n``, also for an ``n`` beyond the integer step's dtype."""
+  if beyond(step, n):
+    return jnp.zeros(step.shape, bool)
+  return step >= (n if jnp.issubdtype(step.dtype, jnp.integer) else real(n))
 
 
 def shift(step: jax.Array, begin: int) -> jax.Array:
   """``max(step, begin) - begin``: steps since ``begin``, never overflowing."""
   if begin == 0:
     return jnp.maximum(step, 0)
+  if beyond(step, begin):
+    return jnp.zeros_like(step)
+  if not jnp.issubdtype(step.dtype, jnp.integer):
+    b = real(begin)
+    return jnp.maximum(step, b) - b
   return jnp.maximum(step, begin) - begin
+
+
+def remaining(s: jax.Array, n: int, dtype: Any) -> jax.Array:
+  """``n - min(s, n)`` in ``dtype``, for a step ``s >= 0``.
+
+  For an integer ``s`` the difference is taken in integers, exactly, and
+  rounded once; for an ``n`` beyond ``s``'s dtype (which ``s`` never reaches)
+  it is ``(n - top) + (top - s)`` with ``top`` the dtype's largest value, two
+  exact non-negative integers each rounded once, so that the result stays
+  accurate to float rounding where ``n - s`` is small.
+  """
+  if beyond(s, n):
+    top = int(jnp.iinfo(s.dtype).max)
+    return (top - s).astype(dtype) + jnp.asarray(n - top, dtype)
+  if not jnp.issubdtype(s.dtype, jnp.integer):
+    m = real(n)
+    return (m - jnp.minimum(s, m)).astype(dtype)
+  return (n - jnp.minimum(s, n)).astype(dtype)
 
 
 def split(d: jax.Array, n: int, exact: bool, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -176,12 +404,15 @@ def split(d: jax.Array, n: int, exact: bool, dtype: Any) -> tuple[jax.Array, jax
   For an integer ``d`` the floor is the integer quotient (exact) and only the
   remainder is divided in floating point, so the fraction is accurate even
   where ``d`` itself is not representable in ``dtype`` (above 2**24 in
-  float32). Both results are in ``dtype``.
+  float32). An ``n`` beyond ``d``'s integer dtype needs ``d >= 0``: the floor
+  is then 0 and the fraction ``d / n``. Both results are in ``dtype``.
   """
   if exact:
+    if beyond(d, n):
+      return jnp.zeros(d.shape, dtype), d.astype(dtype) / real(n)
     q = d // n
     r = d - q * n
-    return q.astype(dtype), r.astype(dtype) / n
-  d = d.astype(dtype)
-  q = jnp.floor(d / n)
-  return q, jnp.clip(d / n - q, 0, 1)
+    return q.astype(dtype), r.astype(dtype) / real(n)
+  d = d.astype(dtype) / real(n)
+  q = jnp.floor(d)
+  return q, jnp.clip(d - q, 0, 1)

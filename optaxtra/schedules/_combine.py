@@ -23,10 +23,14 @@ def join(
   ``schedules[i](step - boundaries[i-1])``. The comparisons and the shifts are
   done on the integer step, exactly.
 
+  Each schedule's output is checked when traced (see Raises); its values are
+  its own and are passed on unchecked, a NaN or a negative one included.
+
   Args:
     schedules: the schedules, at least one.
     boundaries: ``len(schedules) - 1`` non-decreasing, non-negative integer
-      steps at which the next schedule takes over.
+      steps at which the next schedule takes over (up to ``2**63 - 1``; an
+      int32 step never reaches one beyond ``2**31 - 1``).
 
   Returns:
     A schedule: a function from an int step (a Python int or an integer array
@@ -34,7 +38,12 @@ def join(
 
   Raises:
     ValueError: the wrong number of boundaries, or negative, fractional or
-      decreasing ones.
+      decreasing ones. Called with a concrete step outside int32 without
+      ``jax_enable_x64``, the step: it is refused, not wrapped (under x64, int64
+      steps are exact; see :mod:`optaxtra.schedules`).
+    TypeError: a schedule that returns None, a string, a bool, a complex
+      number or not one value per step (a scalar, or an array of the step's
+      shape), raised when it is traced, naming it and what it returned.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -71,13 +80,14 @@ def join(
 
   def schedule(step):
     step, _ = _args.as_step(fn, step)
-    out = _args.as_values(fn, "schedules[0]", schedules[0](step), step.shape)
+    first = schedules[0]
+    out = _args.as_values(fn, "schedules[0]", first, first(step), step.shape)
     for i, (b, s) in enumerate(zip(bounds, schedules[1:], strict=True), start=1):
       later = _args.as_values(
-        fn, f"schedules[{i}]", s(_args.shift(step, b)), step.shape
+        fn, f"schedules[{i}]", s, s(_args.shift(step, b)), step.shape
       )
       dtype = jnp.promote_types(out.dtype, later.dtype)
-      out = jnp.where(step < b, out.astype(dtype), later.astype(dtype))
+      out = jnp.where(_args.below(step, b), out.astype(dtype), later.astype(dtype))
     return out
 
   return schedule
@@ -103,10 +113,13 @@ def linear_warmup(
   ``optax.warmup_cosine_decay_schedule`` do.
 
   The switch at ``warmup_steps`` is decided on the integer step, exactly.
+  ``schedule``'s output is checked when traced (see Raises); its values are its
+  own and are passed on unchecked, a NaN or a negative one included.
 
   Args:
     schedule: the schedule after the warmup, or a number for a constant.
-    warmup_steps: non-negative int, the length of the warmup (0: none).
+    warmup_steps: non-negative int, the length of the warmup (0: none; up to
+      ``2**63 - 1``, beyond ``2**31 - 1`` an int32 step never ends it).
     peak_value: the value the warmup rises towards; defaults to
       ``schedule(0)``.
     shift: start ``schedule`` at the end of the warmup instead of step 0.
@@ -116,7 +129,13 @@ def linear_warmup(
     of any shape) to the values of the step's shape.
 
   Raises:
-    ValueError: a negative or fractional ``warmup_steps``.
+    ValueError: a negative or fractional ``warmup_steps``, or a non-finite
+      ``peak_value`` or number ``schedule``. Called with a concrete step outside
+      int32 without ``jax_enable_x64``, the step: it is refused, not wrapped
+      (under x64, int64 steps are exact; see :mod:`optaxtra.schedules`).
+    TypeError: a schedule that returns None, a string, a bool, a complex
+      number or not one value per step (a scalar, or an array of the step's
+      shape), raised when it is traced, naming it and what it returned.
 
   Examples:
     BERT's learning rate, 8 warmup steps of 64:
@@ -148,18 +167,22 @@ def linear_warmup(
   def warmed_up(step):
     step, _ = _args.as_step(fn, step)
     after = _args.as_values(
-      fn, "schedule", schedule(_args.shift(step, W) if shift else step), step.shape
+      fn,
+      "schedule",
+      schedule,
+      schedule(_args.shift(step, W) if shift else step),
+      step.shape,
     )
     if W == 0:
       return after
     if peak_value is None:
-      peak = _args.as_values(fn, "schedule", schedule(0), ())
+      peak = _args.as_values(fn, "schedule", schedule, schedule(0), ())
     else:
       peak = jnp.asarray(peak_value)
     dtype = jnp.result_type(after.dtype, _args.value_dtype(peak))
-    frac = jnp.maximum(step, 0).astype(dtype) / W
+    frac = jnp.maximum(step, 0).astype(dtype) / _args.real(W)
     warm = peak.astype(dtype) * frac
-    return jnp.where(step < W, warm, after.astype(dtype))
+    return jnp.where(_args.below(step, W), warm, after.astype(dtype))
 
   return warmed_up
 
@@ -178,6 +201,8 @@ def per_epoch(
   fractional epoch (a float step, which the schedules here accept), so that
   the value moves at every step; the epoch schedule's own boundaries are then
   compared in floating point, so use the default for exact epoch boundaries.
+  ``epoch_schedule``'s output is checked when traced (see Raises); its values
+  are its own and are passed on unchecked, a NaN or a negative one included.
 
   Optimizers count *updates*. A Keras ``ExponentialDecay(1e-3,
   decay_steps=25, decay_rate=0.95, staircase=True)`` therefore decays every 25
@@ -188,7 +213,7 @@ def per_epoch(
     epoch_schedule: a schedule of the epoch number.
     steps_per_epoch: positive int, the updates in one epoch (with a partial
       last batch, ``math.ceil(num_examples / batch_size)``; it must be a whole
-      number, not ``num_examples / batch_size``).
+      number, not ``num_examples / batch_size``; up to ``2**63 - 1``).
     staircase: pass the whole epoch (True) or the fractional epoch (False).
 
   Returns:
@@ -197,6 +222,12 @@ def per_epoch(
 
   Raises:
     ValueError: a ``steps_per_epoch`` that is not a positive whole number.
+      Called with a concrete step outside int32 without ``jax_enable_x64``, the
+      step: it is refused, not wrapped (under x64, int64 steps are exact; see
+      :mod:`optaxtra.schedules`).
+    TypeError: a schedule that returns None, a string, a bool, a complex
+      number or not one value per step (a scalar, or an array of the step's
+      shape), raised when it is traced, naming it and what it returned.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -222,11 +253,20 @@ def per_epoch(
   def schedule(step):
     step, exact = _args.as_step(fn, step)
     dtype = _args.compute_dtype(_checks.default_float(), step)
-    if staircase:
-      epoch = step // n if exact else jnp.floor(step / n)
+    if exact and _args.beyond(step, n):
+      # An epoch longer than the integer step can count: the step is in
+      # epoch 0 (or -1 before step 0) and the fraction is step / n.
+      if staircase:
+        epoch = jnp.where(step < 0, -1, 0).astype(step.dtype)
+      else:
+        epoch = step.astype(dtype) / _args.real(n)
+    elif staircase:
+      epoch = step // n if exact else jnp.floor(step / _args.real(n))
     else:
       q, frac = _args.split(step, n, exact, dtype)
       epoch = q + frac
-    return _args.as_values(fn, "epoch_schedule", epoch_schedule(epoch), step.shape)
+    return _args.as_values(
+      fn, "epoch_schedule", epoch_schedule, epoch_schedule(epoch), step.shape
+    )
 
   return schedule

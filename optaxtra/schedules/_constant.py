@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
 from optaxtra.schedules import _arguments as _args
 
 
@@ -31,6 +30,11 @@ def constant(value: float | jax.Array) -> _args.Schedule:
     >>> from optaxtra import schedules
     >>> schedules.constant(0.1)(jnp.arange(3))
     Array([0.1, 0.1, 0.1], dtype=float32)
+
+  Raises:
+    ValueError: a non-finite ``value``. Called with a concrete step outside
+      int32 without ``jax_enable_x64``, the step: it is refused, not wrapped
+      (under x64, int64 steps are exact; see :mod:`optaxtra.schedules`).
 
   References:
     Optax, :func:`optax.constant_schedule`.
@@ -60,7 +64,8 @@ def piecewise_constant(
   Args:
     init_value: the value before the first boundary.
     boundaries_and_scales: a mapping ``{step: scale}`` of non-negative integer
-      steps to non-negative scales, or None for a constant.
+      steps (up to ``2**63 - 1``) to non-negative finite scales, or None for a
+      constant.
 
   Returns:
     A schedule: a function from an int step (a Python int or an integer array
@@ -68,7 +73,10 @@ def piecewise_constant(
     values) of the step's shape.
 
   Raises:
-    ValueError: a negative or fractional boundary, or a negative scale.
+    ValueError: a negative or fractional boundary, or a negative or non-finite
+      scale or ``init_value``. Called with a concrete step outside int32 without
+      ``jax_enable_x64``, the step: it is refused, not wrapped (under x64, int64
+      steps are exact; see :mod:`optaxtra.schedules`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -92,7 +100,7 @@ def piecewise_constant(
   pieces = []
   for b, scale in boundaries_and_scales.items():
     step = _args.check_int(fn, f"the boundary {b!r}", b, low=0, what="steps")
-    _checks.check_scalar(fn, f"the scale at step {step}", scale, low=0.0, high=None)
+    _args.check_value(fn, f"the scale at step {step}", scale, low=0.0)
     pieces.append((step, scale))
   pieces.sort(key=lambda p: p[0])
   vdt = _args.value_dtype(init_value, *(s for _, s in pieces))
@@ -103,7 +111,7 @@ def piecewise_constant(
     out = jnp.broadcast_to(v, step.shape)
     for boundary, scale in pieces:
       v = v * jnp.asarray(scale, vdt)
-      out = jnp.where(step >= boundary, v, out)
+      out = jnp.where(_args.reached(step, boundary), v, out)
     return out
 
   return schedule

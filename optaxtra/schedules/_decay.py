@@ -44,9 +44,10 @@ def exponential_decay(
   Args:
     init_value: the value before and at ``transition_begin``.
     transition_steps: positive int, the steps over which the value is
-      multiplied by ``decay_rate``.
-    decay_rate: positive factor per ``transition_steps`` steps.
-    transition_begin: non-negative int, the step the decay starts at.
+      multiplied by ``decay_rate`` (up to ``2**63 - 1``).
+    decay_rate: positive finite factor per ``transition_steps`` steps.
+    transition_begin: non-negative int, the step the decay starts at (beyond
+      ``2**31 - 1`` an int32 step never reaches it).
     staircase: if True, decay in whole steps of ``transition_steps``.
     end_value: optional bound the decay stops at. It must lie in the decay's
       direction (below ``init_value`` when ``decay_rate < 1``), else every
@@ -59,8 +60,11 @@ def exponential_decay(
 
   Raises:
     ValueError: ``transition_steps <= 0``, ``decay_rate <= 0``, a negative
-      ``transition_begin``, or an ``end_value`` on the wrong side of
-      ``init_value``. (Optax silently returns a constant for the first two.)
+      ``transition_begin``, a non-finite value, or an ``end_value`` on the wrong
+      side of ``init_value``. (Optax silently returns a constant for the first
+      two, and accepts ``inf``.) Called with a concrete step outside int32
+      without ``jax_enable_x64``, the step: it is refused, not wrapped (under
+      x64, int64 steps are exact; see :mod:`optaxtra.schedules`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -79,13 +83,12 @@ def exponential_decay(
   fn = "exponential_decay"
   _args.check_value(fn, "init_value", init_value)
   T = _args.check_int(fn, "transition_steps", transition_steps, low=1, what="steps")
-  _checks.check_scalar(
+  _args.check_value(
     fn,
     "decay_rate",
     decay_rate,
     low=0.0,
     low_open=True,
-    high=None,
     fix="For a constant use optaxtra.schedules.constant.",
   )
   B = _args.check_int(fn, "transition_begin", transition_begin, low=0, what="steps")
@@ -155,8 +158,9 @@ def polynomial_decay(
   Args:
     init_value: the value at step 0.
     end_value: the value at ``decay_steps`` and after.
-    decay_steps: positive int, the length of the decay.
-    power: non-negative exponent of the polynomial (1: linear).
+    decay_steps: positive int, the length of the decay (up to ``2**63 - 1``;
+      beyond ``2**31 - 1`` an int32 step never reaches its end, nor cycles).
+    power: non-negative finite exponent of the polynomial (1: linear).
     cycle: restart the decay after ``decay_steps`` as TF1 does (see above).
 
   Returns:
@@ -165,7 +169,10 @@ def polynomial_decay(
     values) of the step's shape.
 
   Raises:
-    ValueError: ``decay_steps <= 0`` or a negative ``power``.
+    ValueError: ``decay_steps <= 0``, a negative ``power`` or a non-finite
+      value. Called with a concrete step outside int32 without
+      ``jax_enable_x64``, the step: it is refused, not wrapped (under x64, int64
+      steps are exact; see :mod:`optaxtra.schedules`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -186,27 +193,30 @@ def polynomial_decay(
   _args.check_value(fn, "init_value", init_value)
   _args.check_value(fn, "end_value", end_value)
   T = _args.check_int(fn, "decay_steps", decay_steps, low=1, what="steps")
-  _checks.check_scalar(fn, "power", power, low=0.0, high=None)
+  _args.check_value(fn, "power", power, low=0.0)
   _checks.check_flag(fn, "cycle", cycle)
   vdt = _args.value_dtype(init_value, end_value, power)
+  Tf = _args.real(T)
 
   def schedule(step):
     step, exact = _args.as_step(fn, step)
     cdt = _args.compute_dtype(vdt, step)
     s = jnp.maximum(step, 0)
-    if cycle:
+    # A decay longer than the integer step can count never ends, so it never
+    # cycles either: both forms are then the first decay.
+    if cycle and not (exact and _args.beyond(step, T)):
       if exact:
         q = s // T
         r = s - q * T
         m = jnp.where(r == 0, jnp.maximum(q, 1), q + 1)
         left = jnp.where(r == 0, jnp.where(q == 0, T, 0), T - r)  # m*T - s
-        frac = left.astype(cdt) / (m.astype(cdt) * T)
+        frac = left.astype(cdt) / (m.astype(cdt) * Tf)
       else:
         s = s.astype(cdt)
-        m = jnp.where(s == 0, 1, jnp.ceil(s / T))
-        frac = (m * T - s) / (m * T)
+        m = jnp.where(s == 0, 1, jnp.ceil(s / Tf))
+        frac = (m * Tf - s) / (m * Tf)
     else:
-      frac = (T - jnp.minimum(s, T)).astype(cdt) / T
+      frac = _args.remaining(s, T, cdt) / Tf
     init = jnp.asarray(init_value, cdt)
     end = jnp.asarray(end_value, cdt)
     value = (init - end) * jnp.power(frac, jnp.asarray(power, cdt)) + end
@@ -238,9 +248,10 @@ def cosine_decay(
 
   Args:
     init_value: the value at step 0.
-    decay_steps: positive int, the length of the decay.
+    decay_steps: positive int, the length of the decay (up to ``2**63 - 1``;
+      beyond ``2**31 - 1`` an int32 step never reaches its end).
     alpha: the final value as a fraction of ``init_value``.
-    exponent: non-negative power of the cosine factor.
+    exponent: non-negative finite power of the cosine factor.
 
   Returns:
     A schedule: a function from an int step (a Python int or an integer array
@@ -248,7 +259,10 @@ def cosine_decay(
     values) of the step's shape.
 
   Raises:
-    ValueError: ``decay_steps <= 0`` or a negative ``exponent``.
+    ValueError: ``decay_steps <= 0``, a negative ``exponent`` or a non-finite
+      value. Called with a concrete step outside int32 without
+      ``jax_enable_x64``, the step: it is refused, not wrapped (under x64, int64
+      steps are exact; see :mod:`optaxtra.schedules`).
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -266,14 +280,14 @@ def cosine_decay(
   _args.check_value(fn, "init_value", init_value)
   T = _args.check_int(fn, "decay_steps", decay_steps, low=1, what="steps")
   _args.check_value(fn, "alpha", alpha)
-  _checks.check_scalar(fn, "exponent", exponent, low=0.0, high=None)
+  _args.check_value(fn, "exponent", exponent, low=0.0)
   vdt = _args.value_dtype(init_value, alpha, exponent)
   half_pi = math.pi / 2
 
   def schedule(step):
     step, _ = _args.as_step(fn, step)
     cdt = _args.compute_dtype(vdt, step)
-    left = (T - jnp.clip(step, 0, T)).astype(cdt) / T
+    left = _args.remaining(jnp.maximum(step, 0), T, cdt) / _args.real(T)
     cosine = jnp.square(jnp.sin(jnp.asarray(half_pi, cdt) * left))
     a = jnp.asarray(alpha, cdt)
     decayed = (1 - a) * jnp.power(cosine, jnp.asarray(exponent, cdt)) + a

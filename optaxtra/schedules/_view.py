@@ -22,7 +22,10 @@ def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
   ``jnp.arange(num_steps, dtype=jnp.int32)`` (the int32 counts an Optax
   optimizer passes it), as it will be called inside a jitted training step; a
   schedule returning a scalar for every step (such as
-  :func:`optax.constant_schedule`) is broadcast.
+  :func:`optax.constant_schedule`) is broadcast. The output is checked while
+  tracing, as :func:`optaxtra.schedules.join` checks its schedules'; the
+  values are returned as they are, NaNs and negative values included, for you
+  to look at.
 
   Args:
     schedule: a schedule, from :mod:`optaxtra.schedules`, Optax or your own
@@ -33,6 +36,12 @@ def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
     A NumPy array of shape ``(num_steps,)``; its ``i``-th entry is the value
     the ``i``-th update (counting from 0) uses.
 
+  Raises:
+    ValueError: ``num_steps`` not a positive int of at most ``2**31 - 1``.
+    TypeError: a schedule that returns None, a string, a bool, a complex
+      number or not one value per step (a scalar, or an array of the step's
+      shape), raised when it is traced, naming it and what it returned.
+
   Examples:
     >>> from optaxtra import schedules
     >>> schedules.sample(schedules.exponential_decay(1.0, 2, 0.5, staircase=True), 5)
@@ -40,11 +49,17 @@ def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
   """
   fn = "sample"
   _args.check_schedule(fn, "schedule", schedule)
-  n = _args.check_int(fn, "num_steps", num_steps, low=1, what="steps")
+  n = _args.check_int(
+    fn, "num_steps", num_steps, low=1, what="steps", high=_args.INT32_MAX
+  )
   steps = jnp.arange(n, dtype=jnp.int32)
+
+  def checked(t):
+    # The output is checked while tracing: a string cannot even leave jit.
+    return _args.as_values(fn, "schedule", schedule, schedule(t), t.shape)
+
   # One compiled call: far cheaper than dispatching every operation eagerly.
-  values = jax.jit(schedule)(steps)
-  return np.asarray(_args.as_values(fn, "schedule", values, (n,)))
+  return np.asarray(jax.jit(checked)(steps))
 
 
 def plot(
