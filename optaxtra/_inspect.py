@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -13,6 +16,7 @@ import optax
 from optaxtra import _checks
 from optaxtra._adam import ScaleByAdamState as _OptaxtraAdamState
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState
+from optaxtra.masks import _box_types, _show
 
 # Fields read from any NamedTuple (or pytree dataclass) in the state, by name.
 _FIELDS = (
@@ -30,7 +34,7 @@ _WRAPPER_FIELDS = {
 }
 # Fields holding trees shaped like the params: never walked into, so that
 # params that happen to be NamedTuples with a field called `count` are not read.
-_PARAM_TREES = {
+_PARAM_TREES: dict[type, tuple[str, ...]] = {
   optax.ScaleByAdamState: ("mu", "nu"),
   _OptaxtraAdamState: ("mu", "nu"),
   ScaleByAdamaxClippedState: ("mu", "nu"),
@@ -38,7 +42,36 @@ _PARAM_TREES = {
   optax.TraceState: ("trace",),
   optax.EmaState: ("ema",),
 }
+# The same for more of Optax's states, where this Optax version has them.
+for _name, _fields in {
+  "ApplyEvery": ("grad_acc",),
+  "FactoredState": ("v_row", "v_col", "v"),
+  "ScaleByAdaDeltaState": ("e_g", "e_x"),
+  "ScaleByAdanState": ("m", "v", "n", "g"),
+  "ScaleByAmsgradState": ("mu", "nu", "nu_max"),
+  "ScaleByBeliefState": ("mu", "nu"),
+  "ScaleByLBFGSState": (
+    "params",
+    "updates",
+    "diff_params_memory",
+    "diff_updates_memory",
+  ),
+  "ScaleByLionState": ("mu",),
+  "ScaleByNovogradState": ("mu", "nu"),
+  "ScaleByRStdDevState": ("mu", "nu"),
+  "ScaleByRmsState": ("nu",),
+  "ScaleByRpropState": ("step_sizes", "prev_updates"),
+  "ScaleByRssState": ("sum_of_squares",),
+  "ScaleBySM3State": ("mu", "nu"),
+}.items():
+  _cls = getattr(optax, _name, None)
+  if isinstance(_cls, type):
+    _PARAM_TREES.setdefault(_cls, _fields)
 _INJECT = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+# Packages whose state classes' named fields are known to be the counters and
+# values they are named after, whatever their shape (a state stacked by
+# jax.vmap(tx.init) holds them with a leading axis).
+_OWN_PACKAGES = ("optax", "optaxtra")
 
 
 @dataclasses.dataclass
@@ -61,34 +94,53 @@ def _is_number(x: Any) -> bool:
   return False
 
 
-def _number(x: Any) -> Any | None:
-  """``x`` if it is a number, the single leaf of a wrapper around one, or None.
+def _own(node: Any) -> bool:
+  """Whether ``node`` is a state class of Optax's or optaxtra's own."""
+  return type(node).__module__.partition(".")[0] in _OWN_PACKAGES
 
-  Flax's ``nnx.Optimizer`` keeps each state leaf inside a Variable, a pytree
-  with one leaf; it is read through.
+
+def _number(x: Any, boxes: tuple[type, ...], *, any_shape: bool) -> Any | None:
+  """``x`` if it is a value to report, else None.
+
+  A value is a number: a Python or NumPy scalar, or a numeric array of shape
+  ``()`` (concrete or traced), or a Flax box (the ``Variable`` in which
+  ``nnx.Optimizer`` keeps each state leaf) around one. ``any_shape`` also takes
+  numeric arrays with dimensions (a field of Optax's or optaxtra's own states
+  in a stacked state). A tree is never a value, nor any other array: a field
+  of a user's state that is named ``count`` but holds a params-shaped array is
+  not a counter.
   """
-  if _is_number(x):
-    return x
-  leaves = jax.tree.leaves(x)
-  if len(leaves) == 1 and _is_number(leaves[0]):
-    return leaves[0]
-  return None
+  if boxes and isinstance(x, boxes):
+    leaves = jax.tree.leaves(x)
+    if len(leaves) != 1:
+      return None
+    x = leaves[0]
+  if not _is_number(x):
+    return None
+  if not any_shape and jnp.ndim(x) != 0:
+    return None
+  return x
+
+
+def _one_level(node: Any) -> list[tuple[str, bool, Any]] | None:
+  """``(key, is_attribute, child)`` one level down, or None for a leaf."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+  if len(flat) == 1 and not flat[0][0]:
+    return None
+  out = []
+  for path, child in flat:
+    (key,) = path
+    out.append(
+      (_checks.path_str((key,)), isinstance(key, jax.tree_util.GetAttrKey), child)
+    )
+  return out
 
 
 def _children(node: Any) -> list[tuple[str, bool, Any]]:
   """``(key, is_attribute, child)`` one level down, in the tree's own order."""
   if _is_number(node) or node is None:
     return []
-  flat, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-  out = []
-  for path, child in flat:
-    if not path:  # node is itself a leaf
-      return []
-    (key,) = path
-    out.append(
-      (_checks.path_str((key,)), isinstance(key, jax.tree_util.GetAttrKey), child)
-    )
-  return out
+  return _one_level(node) or []
 
 
 def _adam_factor(count: Any, b1: Any, b2: Any) -> jax.Array:
@@ -112,46 +164,157 @@ def _pair(records: list[_Record], path: tuple[str, ...]) -> None:
     records.append(_Record((*path, "effective_learning_rate"), value))
 
 
-def _walk(node: Any, path: tuple[str, ...]) -> list[_Record]:
+def _walk(node: Any, path: tuple[str, ...], boxes: tuple[type, ...]) -> list[_Record]:
   records: list[_Record] = []
   if isinstance(node, _INJECT):
-    count = _number(node.count)
+    count = _number(node.count, boxes, any_shape=True)
     if count is not None:
       records.append(_Record((*path, "count"), count))
     hyper = {}
     for key in sorted(node.hyperparams, key=str):
-      value = _number(node.hyperparams[key])
+      value = _number(node.hyperparams[key], boxes, any_shape=True)
       if value is None:
         continue
       hyper[key] = value
       role = "lr" if key == "learning_rate" else None
       records.append(_Record((*path, "hyperparams", str(key)), value, role))
-    records += _walk(node.inner_state, (*path, "inner_state"))
+    records += _walk(node.inner_state, (*path, "inner_state"), boxes)
     adams = [r for r in records if r.role == "adam" and not r.used]
     if len(adams) == 1 and "b1" in hyper and "b2" in hyper:
       adams[0].used = True
       factor = _adam_factor(adams[0].value, hyper["b1"], hyper["b2"])
       records.append(_Record((*adams[0].path[:-1], "bias_correction"), factor, "bc"))
   elif isinstance(node, optax.ScaleByAdamState):
-    count = _number(node.count)
+    count = _number(node.count, boxes, any_shape=True)
     if count is not None:
       records.append(_Record((*path, "count"), count))
       records.append(_Record((*path, "count"), count, "adam"))
   else:
     skip = _PARAM_TREES.get(type(node), ())
     wrapper = _WRAPPER_FIELDS.get(type(node), ())
+    own = _own(node)
     for key, is_attr, child in _children(node):
       if key in skip:
         continue
       if is_attr and (key in _FIELDS or key in wrapper):
-        value = _number(child)
+        # A field so named is that value or nothing: never walked into, since
+        # what it holds, if not a number, is shaped like the params.
+        value = _number(child, boxes, any_shape=own)
         if value is not None:
           role = {"learning_rate": "lr", "bias_correction": "bc"}.get(key)
           records.append(_Record((*path, key), value, role))
-          continue
-      records += _walk(child, (*path, key))
+        continue
+      records += _walk(child, (*path, key), boxes)
   _pair(records, path)
   return records
+
+
+@functools.cache
+def _state_fields() -> tuple[tuple[str, frozenset[str]], ...]:
+  """``(name, fields)`` of the NamedTuple states of Optax and optaxtra."""
+  modules = [
+    optax,
+    getattr(optax, "transforms", None),
+    getattr(optax, "schedules", None),
+    sys.modules.get("optax.contrib"),
+    sys.modules.get("optaxtra"),
+  ]
+  names: dict[type, str] = {}
+  for module in modules:
+    for name, cls in vars(module or object).items():
+      if (
+        isinstance(cls, type)
+        and issubclass(cls, tuple)
+        and name.endswith("State")
+        and getattr(cls, "_fields", ())
+      ):
+        names.setdefault(cls, f"{module.__name__}.{name}")
+  return tuple((name, frozenset(cls._fields)) for cls, name in names.items())
+
+
+def _scan(state: Any, boxes: tuple[type, ...]) -> tuple[bool, list, list[str]]:
+  """Whether ``state`` holds a state object (a NamedTuple, a dataclass, any
+  pytree node other than a dict, list, tuple or Flax box); if not, also the
+  ``(path, keys)`` of its mappings and the paths of its leaves."""
+  mappings: list[tuple[str, frozenset[str]]] = []
+  leaves: list[str] = []
+  stack: list[tuple[str, Any]] = [("", state)]
+  while stack:
+    path, node = stack.pop()
+    if node is None or isinstance(node, optax.MaskedNode):
+      continue
+    kids = _one_level(node)
+    if kids is None:
+      leaves.append(path)
+      continue
+    plain = isinstance(node, Mapping) or type(node) in (list, tuple)
+    if not plain and not (boxes and isinstance(node, boxes)):
+      return True, [], []
+    if isinstance(node, Mapping):
+      mappings.append((path, frozenset(str(k) for k in node)))
+    box = not plain  # a box is looked through: its path names the parameter
+    for key, _, child in reversed(kids):
+      stack.append((path if box else f"{path}/{key}" if path else key, child))
+  return False, mappings, leaves
+
+
+_RESTORE = (
+  "restore with a target, e.g. ckptr.restore(path, jax.eval_shape(lambda: "
+  "tx.init(params))) (for a saved {'params': ..., 'opt_state': ...} dict, a "
+  "target of that dict)"
+)
+
+
+def _check_is_a_state(state: Any, boxes: tuple[type, ...]) -> None:
+  """Raises for what cannot be an optimizer state: a function, a lone array,
+  or a tree of dicts and lists only (params, or an Orbax restore without a
+  target), from which inspect could only return ``{}``."""
+  if isinstance(state, optax.GradientTransformation):
+    raise TypeError(
+      "inspect takes an optimizer state, got a GradientTransformation. Pass "
+      "tx.init(params) or the state returned by tx.update(...)."
+    )
+  if state is None:
+    return
+  if _one_level(state) is None:
+    if callable(state):
+      what = f"the callable {getattr(state, '__qualname__', state)!r}"
+    elif hasattr(state, "shape") and hasattr(state, "dtype"):
+      what = f"a single array (shape {tuple(state.shape)}, dtype {state.dtype})"
+    else:
+      what = f"a single {type(state).__name__} ({state!r:.60})"
+    raise TypeError(
+      f"inspect takes an optimizer state, got {what}, which holds no named "
+      "value. Pass the whole state: tx.init(params) or the state returned by "
+      "tx.update(...), not a transformation, a function or one of its leaves."
+    )
+  found, mappings, leaves = _scan(state, boxes)
+  if found or not leaves:
+    return
+  known = _state_fields()
+  for path, keys in mappings:
+    # The same fields (Orbax keeps None fields), else two or more of them.
+    names = [n for n, fields in known if keys == fields] or [
+      n for n, fields in known if len(keys) >= 2 and keys < fields
+    ]
+    if names:
+      where = f"the entry at {path!r}" if path else "the state itself"
+      raise ValueError(
+        "inspect: the state is made of dicts and lists only, with no Optax "
+        f"state (NamedTuple) in it, yet {where} has the fields of a state such "
+        f"as {names[0]} "
+        f"({', '.join(sorted(keys))}). That is what Orbax returns for a state "
+        "restored without a target (NamedTuples come back as dicts keyed by "
+        "field name, tuples as lists), which tx.update refuses too: "
+        f"{_RESTORE}, and inspect what it returns."
+      )
+  raise TypeError(
+    f"inspect: got a tree of dicts and lists with no optimizer state in it (its "
+    f"leaves: {_show(leaves)}), e.g. the params or the gradients. inspect reads "
+    "the NamedTuple (or dataclass) states that tx.init builds: pass "
+    "tx.init(params) or the state returned by tx.update(...). A checkpoint "
+    f"restored without a target also looks like this: {_RESTORE}."
+  )
 
 
 def inspect(state: optax.OptState) -> dict[str, jax.Array]:
@@ -236,8 +399,21 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
   ``adamw``, ``nadam``, ``adamax``, ``radam``, ``lamb`` and others and does not
   say which built it; its ``bias_correction`` is always Adam's, the step-size
   factor of ``adam`` and ``adamw`` only. A state with nothing to report (e.g.
-  ``optax.sgd(0.1)``'s) gives ``{}``. Fields of other states are read only
-  when named as above.
+  ``optax.sgd(0.1)``'s) gives ``{}``.
+
+  What counts as a value: fields of other states are read only when named as
+  above, and only when they hold a number (a Python or NumPy scalar, an array
+  of shape ``()``, or a Flax ``Variable`` around one). A field so named that
+  holds an array with dimensions or a tree (the ``count`` field of params that
+  are NamedTuples, kept in a user's state; a per-parameter ``learning_rate``
+  tree) is neither reported nor looked into, and the params-shaped fields of
+  Optax's and optaxtra's states (``mu``, ``nu``, ``trace``, ...) are never
+  looked into. What cannot be told from a counter is still reported: a
+  *scalar* field named ``count`` in such params, kept in a user's state. The
+  fields of Optax's and optaxtra's own state classes are read whatever their
+  shape, so a state stacked by ``jax.vmap(tx.init)`` reports them with the
+  stacking axis; to read every stage, a user's too, map the stack:
+  ``jax.vmap(optaxtra.inspect)(state)``.
 
   Args:
     state: an Optax optimizer state, as returned by ``tx.init`` or
@@ -249,7 +425,14 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
     function comes back with its keys sorted).
 
   Raises:
-    TypeError: when given a transformation instead of its state.
+    TypeError: when given something that is not a state, from which nothing
+      could be read: a transformation (``optax.adam(1e-3)``, or the factory
+      ``optax.adam``), a function (``tx.init``), a single array, or a tree of
+      dicts and lists holding no state object (the params, the gradients).
+    ValueError: when given a tree of dicts and lists only, holding no state
+      object but dicts keyed by the fields of an Optax or optaxtra state: what
+      Orbax returns for a state restored without a target. Restore with one:
+      ``ckptr.restore(path, jax.eval_shape(lambda: tx.init(params)))``.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -274,12 +457,9 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015 (alpha_t, Section 2).
   """
-  if isinstance(state, optax.GradientTransformation):
-    raise TypeError(
-      "inspect takes an optimizer state, got a GradientTransformation. Pass "
-      "tx.init(params) or the state returned by tx.update(...)."
-    )
-  records = [r for r in _walk(state, ()) if r.role != "adam"]
+  boxes = _box_types()
+  _check_is_a_state(state, boxes)
+  records = [r for r in _walk(state, (), boxes) if r.role != "adam"]
   by_name: dict[str, list[_Record]] = {}
   for r in records:
     by_name.setdefault(r.name, []).append(r)

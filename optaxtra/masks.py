@@ -39,6 +39,7 @@ sometimes on trees where other parameters were replaced by
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -86,12 +87,16 @@ def _join(path: tuple[Any, ...]) -> str:
   return _checks.path_str(path) if path else ""
 
 
-def _flatten(fn: str, tree: Any) -> tuple[list[tuple[str, Any, bool]], Any]:
+def _flatten(
+  fn: str, tree: Any, *, step_check: bool = True
+) -> tuple[list[tuple[str, Any, bool]], Any]:
   """``[(path, node, is_masked_node)]`` and the treedef to rebuild the tree.
 
   A node is a leaf, a parameter box (nnx ``Variable``, linen ``Partitioned``)
   or an :class:`optax.MaskedNode`, whose path is kept so that a pattern naming
   a parameter that an enclosing ``optax.masked`` hid still counts as matching.
+  ``step_check`` makes a lone integer scalar an error (a mask called by
+  ``optax.inject_hyperparams`` as a schedule); :func:`paths` lists it.
   """
   boxes = _box_types()
 
@@ -99,7 +104,7 @@ def _flatten(fn: str, tree: Any) -> tuple[list[tuple[str, Any, bool]], Any]:
     return isinstance(x, optax.MaskedNode) or (bool(boxes) and isinstance(x, boxes))
 
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)
-  if len(flat) == 1 and not flat[0][0] and _looks_like_step(flat[0][1]):
+  if step_check and len(flat) == 1 and not flat[0][0] and _looks_like_step(flat[0][1]):
     raise TypeError(
       f"{fn} was called on an integer scalar ({flat[0][1]!r}), not on a "
       "parameter tree. This happens when a mask or labels function is passed "
@@ -155,8 +160,14 @@ def paths(params: Any) -> list[str]:
     >>> masks.paths(params)
     ['blocks/0/scale', 'dense/bias', 'dense/kernel']
   """
-  entries, _ = _flatten("paths", params)
+  entries, _ = _flatten("paths", params, step_check=False)
   return [p for p, _, masked in entries if not masked]
+
+
+def _none_paths(tree: Any) -> list[str]:
+  """The paths of the ``None`` entries of ``tree`` (which are not parameters)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+  return [_join(path) for path, x in flat if x is None]
 
 
 # ---------------------------------------------------------------------------
@@ -209,6 +220,19 @@ def _compile_one(fn: str, arg: str, p: Any) -> re.Pattern:
     ) from None
 
 
+def _matches_everything(rx: re.Pattern, all_paths: list[str]) -> bool:
+  """Whether ``rx`` matches the empty string (hence any path) and every path.
+
+  Not for a tree whose only path is ``""`` (a single array), which such a
+  pattern may mean.
+  """
+  return (
+    rx.search("") is not None
+    and any(all_paths)
+    and all(rx.search(p) for p in all_paths)
+  )
+
+
 def _show(strings: Sequence[str], n: int = _SHOW) -> str:
   shown = ", ".join(repr(s) for s in strings[:n])
   if len(strings) > n:
@@ -216,12 +240,20 @@ def _show(strings: Sequence[str], n: int = _SHOW) -> str:
   return shown
 
 
-def _no_match(fn: str, what: str, rx: re.Pattern, all_paths: list[str]) -> ValueError:
+def _no_match(
+  fn: str, what: str, rx: re.Pattern, all_paths: list[str], tree: Any
+) -> ValueError:
   """The error for a pattern that matches no path, with what might be meant."""
   msg = (
     f"{fn}: {what} matches no parameter path (patterns are "
     "regular expressions searched in each path with re.search, case-sensitive)."
   )
+  nones = [p for p in _none_paths(tree) if rx.search(p)]
+  if nones:
+    msg += (
+      f" It matches {_show(nones, 3)}, which the tree holds as None: None is an "
+      "empty subtree in JAX, not a parameter, and no transformation updates it."
+    )
   if all_paths:
     msg += f" The paths are: {_show(all_paths)}."
     hints = []
@@ -258,13 +290,13 @@ class _Cached:
     key = tuple((p, masked) for p, _, masked in entries)
     values = self._cache.get(key)
     if values is None:
-      values = self._compute(entries)
+      values = self._compute(entries, tree)
       if len(self._cache) >= _CACHE_SIZE:
         self._cache.clear()
       self._cache[key] = values
     return _fill(entries, treedef, values)
 
-  def _compute(self, entries: list[tuple[str, Any, bool]]) -> list[Any]:
+  def _compute(self, entries: list[tuple[str, Any, bool]], tree: Any) -> list[Any]:
     raise NotImplementedError
 
 
@@ -284,19 +316,89 @@ class _PathMask(_Cached):
   def __call__(self, params: Any) -> Any:
     return self._lookup("path_mask", params)
 
-  def _compute(self, entries):
+  def _compute(self, entries, tree):
     all_paths = [p for p, _, _ in entries]
     if self.strict:
-      for arg, pats in (("include", self.include), ("exclude", self.exclude)):
-        for rx in pats or ():
-          if not any(rx.search(p) for p in all_paths):
-            raise _no_match("path_mask", f"{arg} pattern {rx.pattern!r}", rx, all_paths)
+      self._check(all_paths, tree)
+    return [self._included(p) and not self._excluders(p) for p in all_paths]
 
-    def selected(path):
-      inc = self.include is None or any(rx.search(path) for rx in self.include)
-      return inc and not any(rx.search(path) for rx in self.exclude or ())
+  def _included(self, path: str) -> bool:
+    return self.include is None or any(rx.search(path) for rx in self.include)
 
-    return [selected(p) for p in all_paths]
+  def _excluders(self, path: str) -> list[re.Pattern]:
+    return [rx for rx in self.exclude or () if rx.search(path)]
+
+  def _check(self, all_paths: list[str], tree: Any) -> None:
+    """Raises ``ValueError`` for a pattern that has no effect on this tree."""
+    fn = "path_mask"
+    for arg, pats in (("include", self.include), ("exclude", self.exclude)):
+      for rx in pats or ():
+        if not any(rx.search(p) for p in all_paths):
+          raise _no_match(fn, f"{arg} pattern {rx.pattern!r}", rx, all_paths, tree)
+    if not all_paths:
+      return
+    for rx in self.include or ():
+      if _matches_everything(rx, all_paths):
+        raise ValueError(
+          f"{fn}: include pattern {rx.pattern!r} matches the empty string, so "
+          f"it matches every path ({_show(all_paths, 3)}) and selects every "
+          "parameter. An empty alternative ('bias|', e.g. from '|'.join of a "
+          "list ending in '') or a pattern that may match nothing ('a*') does "
+          "this. Fix the pattern, pass include=None to select every parameter, "
+          "or pass strict=False."
+        )
+    excluders = {p: self._excluders(p) for p in all_paths}
+    for rx in self.include if self.include is not None else (None,):
+      matched = [p for p in all_paths if rx is None or rx.search(p)]
+      if all(excluders[p] for p in matched):
+        raise self._all_excluded(rx, matched, excluders)
+    for rx in self.exclude or ():
+      hit = [p for p in all_paths if rx.search(p)]
+      if not any(self._included(p) for p in hit):
+        incs = ", ".join(repr(i.pattern) for i in self.include or ())
+        raise ValueError(
+          f"{fn}: exclude pattern {rx.pattern!r} removes nothing: none of the "
+          f"paths it matches ({_show(hit, 3)}) is selected by the include "
+          f"pattern(s) {incs}, so it has no effect. Make it name what it should "
+          "carve out of what include selects (e.g. 'encoder/.*bias' rather "
+          "than '^bias'), drop it, or pass strict=False."
+        )
+
+  def _all_excluded(
+    self,
+    rx: re.Pattern | None,
+    matched: list[str],
+    excluders: dict[str, list[re.Pattern]],
+  ) -> ValueError:
+    """The error for an include (None: every path) whose matches are all excluded."""
+    fn = "path_mask"
+    used = [e for e in self.exclude or () if any(e in excluders[p] for p in matched)]
+    names = ", ".join(repr(e.pattern) for e in used)
+    if rx is None:
+      msg = (
+        f"{fn}: the exclude pattern(s) {names} match every parameter path "
+        f"({_show(matched, 3)}), so the mask selects nothing."
+      )
+    else:
+      msg = (
+        f"{fn}: include pattern {rx.pattern!r} selects nothing: every path it "
+        f"matches ({_show(matched, 3)}) is also matched by the exclude "
+        f"pattern(s) {names}, and exclude wins over include."
+      )
+    empty = [e.pattern for e in used if e.search("") is not None]
+    if empty:
+      msg += (
+        f" {', '.join(repr(e) for e in empty)} matches the empty string, hence "
+        "every path (an empty alternative such as 'bias|', or a pattern that may "
+        "match nothing such as 'a*')."
+      )
+    msg += (
+      " Narrow the exclude pattern(s) so they spare what should stay selected "
+      "(anchor them: '(^|/)bias$' names only leaves called bias)"
+      + (", drop the include pattern" if rx is not None else "")
+      + ", or pass strict=False if selecting nothing is intended."
+    )
+    return ValueError(msg)
 
   def __repr__(self):
     def pats(ps):
@@ -327,13 +429,22 @@ def path_mask(
     include: a regular expression or a list of them; None includes every
       parameter.
     exclude: a regular expression or a list of them; None excludes nothing.
-    strict: whether every pattern must match at least one path of the tree
-      the mask is called on. A misspelt name (``"LayerNrom"``) then raises a
-      ``ValueError`` naming the pattern, listing paths and suggesting close
-      names, instead of silently decaying or training what it meant to spare.
-      Pass False for a list shared between models (BERT's list holds both
-      ``"LayerNorm"`` and ``"layer_norm"``, one of which matches nothing in a
-      given model).
+    strict: whether every pattern must have an effect on the tree the mask
+      is called on. Each pattern must match at least one path: a misspelt
+      name (``"LayerNrom"``) then raises a ``ValueError`` naming the pattern,
+      listing paths and suggesting close names, instead of silently decaying
+      or training what it meant to spare. Each include pattern must keep at
+      least one path that no exclude pattern removes (``include="kernel",
+      exclude="kernel"`` selects nothing), and without include the exclude
+      patterns must not remove every path; carving a part out of what include
+      selects (``include="encoder", exclude="bias"``) is what exclude is for.
+      Each exclude pattern must remove at least one path that include
+      selects. An include pattern that matches every path because it matches
+      the empty string (``"bias|"``) is an error too. Pass False for a list
+      shared between models (BERT's list holds both ``"LayerNorm"`` and
+      ``"layer_norm"``, one of which matches nothing in a given model), or
+      when selecting nothing is intended; the mask is then computed as
+      described above, whatever the patterns match.
 
   Returns:
     A function ``params -> tree of bools`` with the structure of ``params``,
@@ -354,12 +465,16 @@ def path_mask(
     >>> tx = optax.adamw(1e-3, weight_decay=1e-2, mask=decay)
     >>> state = tx.init(params)
 
-    A typo does not pass unnoticed:
+    A typo does not pass unnoticed, nor an exclude that undoes an include:
 
     >>> masks.path_mask(exclude=["LayerNrom"])(params)
     Traceback (most recent call last):
     ...
     ValueError: path_mask: exclude pattern 'LayerNrom' matches no parameter path ...
+    >>> masks.path_mask(include="kernel", exclude="dense")(params)
+    Traceback (most recent call last):
+    ...
+    ValueError: path_mask: include pattern 'kernel' selects nothing: every path ...
 
   References:
     Devlin et al., `BERT's optimization.py
@@ -392,8 +507,13 @@ def _check_label(fn: str, where: str, label: Any) -> None:
       f"{fn}: {where} {label!r} is a container; optax.partition would take "
       "its elements for labels. Use a string or a number."
     )
-  if not isinstance(label, Hashable):
-    raise TypeError(f"{fn}: {where} {label!r} is not hashable; use a string.")
+  try:
+    hash(label)
+  except TypeError:
+    raise TypeError(
+      f"{fn}: {where} {label!r} is not hashable, so it cannot be a key of the "
+      "transforms mapping given to optax.partition; use a string."
+    ) from None
 
 
 class _PathLabels(_Cached):
@@ -408,7 +528,7 @@ class _PathLabels(_Cached):
   def __call__(self, params: Any) -> Any:
     return self._lookup("path_labels", params)
 
-  def _compute(self, entries):
+  def _compute(self, entries, tree):
     winners = []
     for p, _, _ in entries:
       winners.append(
@@ -416,13 +536,23 @@ class _PathLabels(_Cached):
       )
     all_paths = [p for p, _, _ in entries]
     if self.strict:
+      for rx, label in self.rules:
+        if _matches_everything(rx, all_paths):
+          raise ValueError(
+            f"path_labels: rule {rx.pattern!r} -> {label!r} matches the empty "
+            f"string, so it matches every path ({_show(all_paths, 3)}): it takes "
+            "every parameter no earlier rule took. An empty alternative ('bias|', "
+            "e.g. from '|'.join of a list ending in '') or a pattern that may "
+            "match nothing ('a*') does this. Fix the pattern, use "
+            f"default={label!r} for 'everything else', or pass strict=False."
+          )
       for i, (rx, label) in enumerate(self.rules):
         if i in winners:
           continue
         matched = [p for p in all_paths if rx.search(p)]
         if not matched:
           raise _no_match(
-            "path_labels", f"rule {rx.pattern!r} -> {label!r}", rx, all_paths
+            "path_labels", f"rule {rx.pattern!r} -> {label!r}", rx, all_paths, tree
           )
         earlier = sorted(
           {
@@ -477,7 +607,8 @@ def path_labels(
       path an error listing the unmatched paths.
     strict: whether every rule must label at least one parameter: a rule
       whose pattern matches no path, or whose paths are all taken by earlier
-      rules, raises ``ValueError`` saying which.
+      rules, raises ``ValueError`` saying which; so does a rule that matches
+      every path because it matches the empty string (``"bias|"``).
 
   Returns:
     A function ``params -> tree of labels`` with the structure of ``params``.
@@ -565,7 +696,8 @@ def min_ndim(n: int) -> Callable[[Any], Any]:
   ``lambda p: jax.tree.map(operator.and_, min_ndim(2)(p), path_mask(...)(p))``.
 
   Args:
-    n: the least number of dimensions, a non-negative int.
+    n: the least number of dimensions, a non-negative int (a NumPy or
+      concrete JAX integer scalar is taken too).
 
   Returns:
     A function ``params -> tree of bools`` with the structure of ``params``.
@@ -583,11 +715,20 @@ def min_ndim(n: int) -> Callable[[Any], Any]:
     Wightman, `timm's param_groups_weight_decay
     <https://github.com/huggingface/pytorch-image-models/blob/main/timm/optim/_optim_factory.py>`_.
   """
-  if isinstance(n, bool) or not isinstance(n, int | np.integer):
-    raise TypeError(f"min_ndim: n must be an int, got {n!r}.")
+  dtype = getattr(n, "dtype", None)
+  if isinstance(n, bool | np.bool_) or (dtype is not None and np.dtype(dtype) == bool):
+    raise TypeError(f"min_ndim: n must be an int, got the bool {n!r}.")
+  try:
+    n = operator.index(n)  # ints, NumPy ints, concrete integer jax scalars
+  except TypeError:
+    raise TypeError(
+      f"min_ndim: n must be an int (a number of dimensions), got {n!r}."
+    ) from None
   if n < 0:
-    raise ValueError(f"min_ndim: n must be >= 0, got {n}.")
-  return _MinNdim(int(n))
+    raise ValueError(
+      f"min_ndim: n must be >= 0, got {n}; min_ndim(0) selects every parameter."
+    )
+  return _MinNdim(n)
 
 
 # ---------------------------------------------------------------------------
@@ -624,8 +765,8 @@ def freeze(
 
   Args:
     inner: the transformation for the trainable parameters.
-    frozen: which parameters to freeze: a regular expression or a list of them
-      (shorthand for ``path_mask(include=frozen)``, strict), a function
+    frozen: which parameters to freeze: a regular expression or a list (or
+      set) of them (shorthand for ``path_mask(include=frozen)``, strict), a function
       ``params -> tree of bools`` such as :func:`path_mask`, or a tree of bools
       with the params' structure (or a prefix of it). ``True`` freezes.
 
@@ -656,13 +797,18 @@ def freeze(
       f"{fn}: inner must be an optax.GradientTransformation (e.g. "
       f"optax.adam(1e-3)), got {inner!r}."
     )
-  if isinstance(frozen, str | re.Pattern) or (
-    isinstance(frozen, list | tuple)
-    and frozen
-    and all(isinstance(f, str | re.Pattern) for f in frozen)
-  ):
+  if isinstance(frozen, str | re.Pattern):
     mask: Any = path_mask(include=frozen)
-  elif isinstance(frozen, list | tuple) and not frozen:
+  elif isinstance(frozen, list | tuple | set | frozenset) and any(
+    isinstance(f, str | re.Pattern) for f in frozen
+  ):
+    # Patterns (a set is a leaf to JAX, never a tree of bools); one that is not
+    # a pattern is then named by path_mask.
+    items: list[Any] = list(frozen)
+    if isinstance(frozen, set | frozenset):
+      items.sort(key=repr)
+    mask = path_mask(include=items)
+  elif isinstance(frozen, list | tuple | set | frozenset) and not frozen:
     raise ValueError(
       f"{fn}: frozen is empty, so nothing would be frozen; use inner itself, "
       "or list the patterns of the parameters to freeze."

@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import pathlib
 import struct
+from typing import Any, NamedTuple
 
 import _reference as ref
 import jax
@@ -414,6 +415,231 @@ def test_traced_hyperparameters_under_jit():
 def test_rejects_a_transformation():
   with pytest.raises(TypeError, match=r"tx.init\(params\)"):
     optaxtra.inspect(optax.adam(1e-3))
+
+
+# --- only a transformation's own scalars are values --------------------------
+
+
+class _NTParams(NamedTuple):
+  """Params that are a NamedTuple with a field named like a reported value."""
+
+  count: jax.Array
+  w: jax.Array
+
+
+class _UserState(NamedTuple):
+  count: jax.Array
+  momentum: Any  # params-shaped
+
+
+class _LrTreeState(NamedTuple):
+  count: jax.Array
+  learning_rate: Any  # a per-parameter learning rate: a params-shaped tree
+
+
+class _TreeCountState(NamedTuple):
+  count: Any  # a tree with one scalar leaf, not a counter
+
+
+def _user_tx(make_state):
+  """A user's transformation with the state ``make_state(params)``."""
+
+  def update(updates, state, params=None):
+    del params
+    return updates, state
+
+  return optax.GradientTransformation(make_state, update)
+
+
+def _zeros(p):
+  return jax.tree.map(jnp.zeros_like, p)
+
+
+_STEP = jnp.zeros([], jnp.int32)
+_USER = _user_tx(lambda p: _UserState(_STEP, _zeros(p)))
+_LR_TREE = _user_tx(lambda p: _LrTreeState(_STEP, _zeros(p)))
+_TREE_COUNT = _user_tx(lambda p: _TreeCountState({"w": jnp.zeros(())}))
+_VEC = _NTParams(jnp.ones(3), jnp.ones(3))  # a vector named count
+_SCALAR = _NTParams(jnp.ones(()), jnp.ones(3))  # a scalar named count
+_NT_A = _NTParams("a", "a")  # partition labels: one group
+
+
+@pytest.mark.parametrize(
+  "make, params, keys",
+  [
+    (lambda: _USER, _VEC, ["count"]),
+    (lambda: optax.masked(_USER, _NTParams(True, True)), _VEC, ["count"]),
+    (lambda: optax.masked(_USER, _NTParams(False, True)), _VEC, ["count"]),
+    (lambda: optax.chain(_USER, optax.adam(0.1)), _VEC, ["1/0/count", "count"]),
+    (lambda: _LR_TREE, _VEC, ["count"]),
+    (lambda: _LR_TREE, {"w": jnp.ones(())}, ["count"]),  # a one-leaf tree
+    (lambda: _TREE_COUNT, _VEC, []),
+    (lambda: optax.rmsprop(0.1), _VEC, []),
+    (lambda: optax.rmsprop(0.1), _SCALAR, []),  # nu is never looked into
+    (lambda: optax.lion(0.1), _SCALAR, ["count"]),
+    (lambda: optax.amsgrad(0.1), _SCALAR, ["count"]),
+    (lambda: optax.sgd(0.1, momentum=0.9), _SCALAR, []),
+    (lambda: optax.transforms.partition({"a": _USER}, _NT_A), _VEC, ["count"]),
+  ],
+)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_params_shaped_fields_are_not_values(make, params, keys, jit):
+  inspect = jax.jit(optaxtra.inspect) if jit else optaxtra.inspect
+  info = inspect(make().init(params))
+  assert sorted(info) == keys
+  assert all(np.shape(v) == () for v in info.values())
+
+
+# What inspect reported for Optax's and optaxtra's own states before the rule
+# above, and still reports: nothing is dropped.
+_INNER = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+_HYPER = ["b1", "b2", "bias_correction", "count", "effective_learning_rate"]
+_HYPER += ["eps", "eps_root", "learning_rate"]
+_INJECT = [*_HYPER, "inner_state/0/count"]
+_IN_MASK = [*_HYPER, "inner_state/inner_state/0/count"]
+_IN_GROUP = [*_HYPER, "inner_states/a/inner_state/inner_state/0/count"]
+_IN_STEPS = [*_HYPER, "gradient_step", "inner_opt_state/inner_state/0/count"]
+_IN_STEPS += ["mini_step"]
+_IN_FINITE = [*_IN_MASK, "last_finite", "notfinite_count", "total_notfinite"]
+_LINEAR = optax.linear_schedule(1.0, 0.0, 5)
+_ALL_A = {k: "a" for k in SHAPES}  # partition labels: one group
+
+
+@pytest.mark.parametrize(
+  "make, keys",
+  [
+    (lambda: optax.adamw(_LINEAR), ["2/count", "count"]),
+    (lambda: _tracked_adamax_clipped(0.1, weight_decay=0.2), ALIAS_KEYS),
+    (lambda: _INNER, _INJECT),
+    (lambda: optax.masked(_INNER, {"w": True, "s": False}), _IN_MASK),
+    (lambda: optax.transforms.partition({"a": _INNER}, _ALL_A), _IN_GROUP),
+    (lambda: optax.multi_transform({"a": _INNER}, _ALL_A), _IN_GROUP),
+    (lambda: optax.MultiSteps(_INNER, 2), _IN_STEPS),
+    (lambda: optax.apply_if_finite(_INNER, 2), _IN_FINITE),
+  ],
+  ids=[
+    "adamw",
+    "adamax_clipped",
+    "inject",
+    "masked",
+    "partition",
+    "multi_transform",
+    "multisteps",
+    "apply_if_finite",
+  ],
+)
+def test_own_states_report_as_before(make, keys):
+  tx = make()
+  _, infos, _ = _run(tx, _params(), ref.spiky_grads(10, SHAPES, 2))
+  assert sorted(infos[-1]) == sorted(keys)
+  # A state stacked by jax.vmap(tx.init): Optax's and optaxtra's fields are
+  # still read, with the stacking axis; mapping inspect gives the same keys.
+  stacked = jax.vmap(lambda _: tx.init(_params()))(jnp.arange(2))
+  assert sorted(optaxtra.inspect(stacked)) == sorted(keys)
+  assert sorted(jax.vmap(optaxtra.inspect)(stacked)) == sorted(keys)
+  assert all(np.shape(v) == (2,) for v in optaxtra.inspect(stacked).values())
+
+
+def test_a_stacked_user_state_is_read_by_mapping_inspect():
+  stacked = jax.vmap(lambda _: _USER.init(_VEC))(jnp.arange(2))
+  assert optaxtra.inspect(stacked) == {}  # a (2,) count of a user's class
+  assert sorted(jax.vmap(optaxtra.inspect)(stacked)) == ["count"]
+
+
+# --- what is not a state ---------------------------------------------------
+
+
+def _as_restored(tree):
+  """What Orbax restores without a target, built by hand: a NamedTuple becomes
+  a dict keyed by field name (an empty one, e.g. EmptyState, None), a tuple a
+  list."""
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    if not tree._fields:
+      return None
+    return {f: _as_restored(getattr(tree, f)) for f in tree._fields}
+  if isinstance(tree, tuple | list):
+    return [_as_restored(x) for x in tree]
+  if isinstance(tree, dict):
+    return {k: _as_restored(v) for k, v in tree.items()}
+  return tree
+
+
+_RESTORE_HINT = r"ckptr\.restore\(path, jax\.eval_shape\(lambda: tx\.init\(params\)\)\)"
+
+
+@pytest.mark.parametrize(
+  "make, where",
+  [
+    (lambda: optax.adam(1e-3), r"'0' has the fields .*\(count, mu, nu\)"),
+    (lambda: _tracked_adamax_clipped(0.1, weight_decay=0.1), "'0'.*ScaleByAdamaxClip"),
+    (lambda: optax.inject_hyperparams(optax.adam)(0.1), "state itself.*Inject"),
+    (lambda: optax.masked(optax.adam(0.1), {"w": True, "s": False}), "MaskedState"),
+    (lambda: optax.transforms.partition({"a": optax.adam(0.1)}, _ALL_A), "inner_st"),
+    (lambda: optax.MultiSteps(optax.adam(0.1), 2), "state itself.*MultiStepsState"),
+    (lambda: optax.apply_if_finite(optax.sgd(0.1), 2), "ApplyIfFiniteState"),
+    (lambda: optax.sgd(0.1, momentum=0.9), "'0'.*optax.TraceState"),
+    (lambda: optaxtra.scale_by_learning_rate(0.1), "ScaleByLearningRateState"),
+  ],
+)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_a_state_restored_without_target_is_refused_with_the_fix(make, where, jit):
+  tx = make()
+  raw = _as_restored(tx.init(_params()))
+  inspect = jax.jit(optaxtra.inspect) if jit else optaxtra.inspect
+  for tree in (raw, {"params": _params(), "opt_state": raw}):
+    with pytest.raises(ValueError, match=f"without a target.*{_RESTORE_HINT}"):
+      inspect(tree)
+  with pytest.raises(ValueError, match=where):
+    inspect(raw)
+  # Restored against a target it is the state again, and inspect reads it.
+  target = jax.eval_shape(lambda: tx.init(_params()))
+  treedef = jax.tree.structure(target)
+  state = jax.tree.unflatten(treedef, jax.tree.leaves(tx.init(_params())))
+  assert optaxtra.inspect(state) == optaxtra.inspect(tx.init(_params()))
+
+
+@pytest.mark.parametrize(
+  "state, match",
+  [
+    (optax.adam, "got the callable 'adam'"),
+    (optax.adam(1e-3).init, "got the callable 'chain.<locals>.init_fn'"),
+    (optax.adam(1e-3), r"got a GradientTransformation.*tx\.init\(params\)"),
+    (jnp.ones(3), r"a single array \(shape \(3,\), dtype float32\)"),
+    (jnp.int32(3), r"a single array \(shape \(\), dtype int32\)"),
+    ("adam", "got a single str"),
+    ({"dense": {"kernel": jnp.ones(2)}}, "no optimizer state in it.*'dense/kernel'"),
+    ([jnp.ones(2), {"mu": jnp.ones(2)}], "no optimizer state in it"),  # one field
+    ({"w": jnp.ones(2), "s": [jnp.ones(())]}, r"params or the gradients"),
+  ],
+)
+def test_what_is_not_a_state_is_refused(state, match):
+  with pytest.raises(TypeError, match=match):
+    optaxtra.inspect(state)
+
+
+@pytest.mark.parametrize(
+  "state, want",
+  [
+    ((), {}),
+    (None, {}),
+    ({}, {}),
+    ([None, {}], {}),  # Orbax's optax.sgd(0.1) state: nothing to read
+    ((optax.EmptyState(), optax.EmptyState()), {}),
+    ({"opt_state": optax.adam(0.1).init({"w": jnp.ones(2)})}, ["count"]),
+    ((optax.EmptyState(), {"w": jnp.ones(2)}), {}),  # a state and the params
+  ],
+)
+def test_empty_and_wrapped_states_compute_right(state, want):
+  info = optaxtra.inspect(state)
+  assert (sorted(info) if isinstance(want, list) else info) == want
+
+
+@pytest.mark.heavy
+def test_nnx_params_are_not_a_state():
+  nnx = need("flax.nnx")
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r"no optimizer state in it.*'bias', 'kernel'"):
+    optaxtra.inspect(nnx.state(model, nnx.Param))
 
 
 # --- the TensorBoard example ------------------------------------------------------

@@ -545,3 +545,160 @@ def test_freeze_nothing_trainable_and_bad_arguments():
     masks.freeze(optax.adam(1e-3), frozen=None)
   with pytest.raises(TypeError, match="mask leaves must be True or False"):
     masks.freeze(optax.adam(1e-3), frozen={"bert": "yes", "cls": False}).init(params)
+
+
+# ---------------------------------------------------------------------------
+# strict: every pattern must have an effect (include vs exclude)
+
+# linen_like_params' paths: LayerNorm/bias, LayerNorm/scale, dense/bias,
+# dense/kernel, output/bias, output/kernel, word_embeddings/embedding.
+EVERY = ["bias", "scale", "kernel", "embedding"]
+
+
+def plain_rule(include, exclude):
+  """The mask's rule (include, then exclude), written independently."""
+
+  def as_list(p):
+    return [] if p is None else [p] if isinstance(p, str) else list(p)
+
+  def selected(path):
+    inc = include is None or any(re.search(p, path) for p in as_list(include))
+    return inc and not any(re.search(p, path) for p in as_list(exclude))
+
+  return selected
+
+
+@pytest.mark.parametrize(
+  "include, exclude, match",
+  [
+    ("kernel", "kernel", r"'kernel' selects nothing.*pattern\(s\) 'kernel', and"),
+    (["kernel", "bias"], "bias", r"include pattern 'bias' selects nothing"),
+    ("dense", ["kernel", "bias"], r"'dense' selects nothing.*'kernel', 'bias'"),
+    ("^output/", ["LayerNorm", "output"], r"'\^output/' selects.*s\) 'output',"),
+    (None, EVERY, r"pattern\(s\) 'bias', 'scale', 'kernel', 'embedding' match"),
+    (None, "bias|", r"'bias\|' matches the empty string, hence every path"),
+    ("dense", "|bias", r"'dense' selects nothing.*'\|bias' matches the empty"),
+    ("kernel|", None, r"include pattern 'kernel\|' matches the empty string"),
+    (["dense", ""], "bias", r"include pattern '' matches the empty string"),
+    ("^dense/", "embedding", r"exclude pattern 'embedding' removes nothing"),
+    ("kernel", ["bias", "^dense/"], r"exclude pattern 'bias' removes nothing"),
+  ],
+)
+def test_strict_rejects_patterns_without_effect(include, exclude, match):
+  params = linen_like_params()
+  with pytest.raises(ValueError, match=match):
+    masks.path_mask(include, exclude)(params)
+  # strict=False keeps the plain rule, whatever the patterns match.
+  got = leaves_by_path(masks.path_mask(include, exclude, strict=False)(params))
+  rule = plain_rule(include, exclude)
+  assert got == {p: rule(p) for p in leaves_by_path(params)}
+
+
+@pytest.mark.parametrize(
+  "include, exclude, selected",
+  [
+    ("dense|output", "bias", ["dense/kernel", "output/kernel"]),
+    ("kernel", "^output/", ["dense/kernel"]),
+    (None, ["bias", "kernel"], ["LayerNorm/scale", "word_embeddings/embedding"]),
+    ("^LayerNorm/", "scale", ["LayerNorm/bias"]),
+    (["kernel", "embedding"], "dense", ["output/kernel", "word_embeddings/embedding"]),
+    (r"(^|/)bias$", None, ["LayerNorm/bias", "dense/bias", "output/bias"]),
+    ("^$|kernel", None, ["dense/kernel", "output/kernel"]),
+  ],
+)
+def test_strict_allows_carving_out(include, exclude, selected):
+  got = leaves_by_path(masks.path_mask(include, exclude)(linen_like_params()))
+  assert sorted(p for p, keep in got.items() if keep) == selected
+
+
+def test_include_excluded_message_names_both_patterns_paths_and_fix():
+  params = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+  mask = masks.path_mask(include=["kernel", "embeddings"], exclude=["kernel", "bias"])
+  with pytest.raises(ValueError) as e:
+    mask(params)
+  msg = str(e.value)
+  assert "include pattern 'kernel' selects nothing" in msg
+  assert "exclude pattern(s) 'kernel'," in msg and "'bias'" not in msg
+  assert "'bert/encoder/layer_0/attention/self/query/kernel'" in msg  # a path
+  assert "(^|/)bias$" in msg and "drop the include pattern" in msg
+  assert "strict=False" in msg
+
+
+def test_masked_nodes_count_for_the_include_exclude_checks():
+  # Inside an optax.masked / partition group the excluded parameter may be the
+  # only real one: the hidden kernel still counts as selected, so no error.
+  tree = {"dense": {"kernel": optax.MaskedNode(), "bias": jnp.ones(2)}}
+  out = masks.path_mask(exclude="bias")(tree)
+  assert out == {"dense": {"kernel": optax.MaskedNode(), "bias": False}}
+  with pytest.raises(ValueError, match="include pattern 'bias' selects nothing"):
+    masks.path_mask(include="bias", exclude="dense/bias")(tree)
+
+
+def test_the_single_array_path_may_be_matched_by_an_empty_pattern():
+  assert masks.path_mask(include="^$")(jnp.ones(3)) is True
+  assert masks.path_labels({"": "all"})(jnp.ones(3)) == "all"
+
+
+# ---------------------------------------------------------------------------
+# Other inputs that used to give a wrong or useless answer, or a vague error.
+
+
+def small_tree():
+  return {"LayerNorm": {"gamma": None, "beta": jnp.zeros(2)}, "k": jnp.ones((2, 2))}
+
+
+@pytest.mark.parametrize(
+  "call, err, match",
+  [
+    (lambda t: masks.path_mask("gamma")(t), ValueError, "'LayerNorm/gamma', which"),
+    (lambda t: masks.path_labels({"gamma": 1}, 2)(t), ValueError, "holds as None"),
+    (lambda t: masks.path_labels({"k|": 1}, 2)(t), ValueError, r"'k\|' -> 1 matches"),
+    (lambda t: masks.path_labels({"k": jnp.int32(1)}, 2), TypeError, "not hashable"),
+    (lambda t: masks.path_labels({"k": 1}, {1, 2}), TypeError, "default .* hashable"),
+    (lambda t: masks.freeze(optax.sgd(1.0), frozen=("k", 3)), TypeError, "a str"),
+    (lambda t: masks.min_ndim(2.0), TypeError, "min_ndim: n must be an int"),
+    (lambda t: masks.min_ndim("2"), TypeError, "min_ndim: n must be an int"),
+    (lambda t: masks.min_ndim(None), TypeError, "min_ndim: n must be an int"),
+    (lambda t: masks.min_ndim(np.bool_(True)), TypeError, "int, got the bool"),
+    (lambda t: masks.min_ndim(jnp.bool_(True)), TypeError, "int, got the bool"),
+    (lambda t: masks.min_ndim(jnp.float32(2)), TypeError, "n must be an int"),
+    (lambda t: masks.min_ndim(jnp.array([2])), TypeError, "n must be an int"),
+    (lambda t: masks.min_ndim(-1), ValueError, r"-1; min_ndim\(0\) selects every"),
+  ],
+)
+def test_bad_inputs_raise_naming_the_argument(call, err, match):
+  with pytest.raises(err, match=match):
+    call(small_tree())
+
+
+@pytest.mark.parametrize(
+  "call, want",
+  [
+    (masks.paths, ["LayerNorm/beta", "k"]),  # None is no parameter
+    (masks.path_mask(exclude="beta"), {"LayerNorm": {"gamma": None, "beta": False}}),
+    (lambda t: masks.paths(jnp.int32(3)), [""]),  # no inject_hyperparams hint
+    (lambda t: masks.paths(7), [""]),
+    (masks.min_ndim(np.int64(2)), {"LayerNorm": {"gamma": None, "beta": False}}),
+    (masks.min_ndim(jnp.int32(1)), {"LayerNorm": {"gamma": None, "beta": True}}),
+    (lambda t: repr(masks.min_ndim(jnp.int32(2))), "min_ndim(2)"),
+  ],
+)
+def test_inputs_that_compute_right(call, want):
+  got = call(small_tree())
+  if isinstance(want, dict):  # the mask's value for 'k' (2-D) is True
+    want = {**want, "k": True}
+  assert got == want
+
+
+@pytest.mark.parametrize(
+  "frozen",
+  [{"^bert/embeddings/", "^bert/pooler/"}, frozenset({"^bert/(embeddings|pooler)/"})],
+)
+def test_freeze_takes_a_set_of_patterns(frozen, jit):
+  params = tree_params()
+  tx = masks.freeze(optax.sgd(1.0), frozen=frozen)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jit(tx.update)(grads, tx.init(params), params)
+  for name, u in leaves_by_path(updates).items():
+    frozen_here = re.search("^bert/(embeddings|pooler)/", name)
+    np.testing.assert_array_equal(u, 0.0 if frozen_here else -1.0)
