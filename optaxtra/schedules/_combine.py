@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from optaxtra import _checks
 from optaxtra.schedules import _arguments as _args
+from optaxtra.schedules import _steps, _values
 from optaxtra.schedules._constant import constant
 
 
@@ -79,15 +80,15 @@ def join(
     raise ValueError(f"{fn}: boundaries must be non-decreasing, got {bounds}.")
 
   def schedule(step):
-    step, _ = _args.as_step(fn, step)
+    step, _ = _steps.as_step(fn, step)
     first = schedules[0]
-    out = _args.as_values(fn, "schedules[0]", first, first(step), step.shape)
+    out = _values.as_values(fn, "schedules[0]", first, first(step), step.shape)
     for i, (b, s) in enumerate(zip(bounds, schedules[1:], strict=True), start=1):
-      later = _args.as_values(
-        fn, f"schedules[{i}]", s, s(_args.shift(step, b)), step.shape
+      later = _values.as_values(
+        fn, f"schedules[{i}]", s, s(_steps.shift(step, b)), step.shape
       )
       dtype = jnp.promote_types(out.dtype, later.dtype)
-      out = jnp.where(_args.below(step, b), out.astype(dtype), later.astype(dtype))
+      out = jnp.where(_steps.below(step, b), out.astype(dtype), later.astype(dtype))
     return out
 
   return schedule
@@ -165,24 +166,24 @@ def linear_warmup(
   _checks.check_flag(fn, "shift", shift)
 
   def warmed_up(step):
-    step, _ = _args.as_step(fn, step)
-    after = _args.as_values(
+    step, _ = _steps.as_step(fn, step)
+    after = _values.as_values(
       fn,
       "schedule",
       schedule,
-      schedule(_args.shift(step, W) if shift else step),
+      schedule(_steps.shift(step, W) if shift else step),
       step.shape,
     )
     if W == 0:
       return after
     if peak_value is None:
-      peak = _args.as_values(fn, "schedule", schedule, schedule(0), ())
+      peak = _values.as_values(fn, "schedule", schedule, schedule(0), ())
     else:
       peak = jnp.asarray(peak_value)
     dtype = jnp.result_type(after.dtype, _args.value_dtype(peak))
-    frac = jnp.maximum(step, 0).astype(dtype) / _args.real(W)
+    frac = jnp.maximum(step, 0).astype(dtype) / _steps.real(W)
     warm = peak.astype(dtype) * frac
-    return jnp.where(_args.below(step, W), warm, after.astype(dtype))
+    return jnp.where(_steps.below(step, W), warm, after.astype(dtype))
 
   return warmed_up
 
@@ -251,21 +252,21 @@ def per_epoch(
   _checks.check_flag(fn, "staircase", staircase)
 
   def schedule(step):
-    step, exact = _args.as_step(fn, step)
-    dtype = _args.compute_dtype(_checks.default_float(), step)
-    if exact and _args.beyond(step, n):
+    step, exact = _steps.as_step(fn, step)
+    dtype = _steps.working_dtype(_checks.default_float(), step)
+    if exact and _steps.beyond(step, n):
       # An epoch longer than the integer step can count: the step is in
       # epoch 0 (or -1 before step 0) and the fraction is step / n.
       if staircase:
         epoch = jnp.where(step < 0, -1, 0).astype(step.dtype)
       else:
-        epoch = step.astype(dtype) / _args.real(n)
+        epoch = step.astype(dtype) / _steps.real(n)
     elif staircase:
-      epoch = step // n if exact else jnp.floor(step / _args.real(n))
+      epoch = step // n if exact else jnp.floor(step / _steps.real(n))
     else:
-      q, frac = _args.split(step, n, exact, dtype)
+      q, frac = _steps.split(step, n, exact, dtype)
       epoch = q + frac
-    return _args.as_values(
+    return _values.as_values(
       fn, "epoch_schedule", epoch_schedule, epoch_schedule(epoch), step.shape
     )
 

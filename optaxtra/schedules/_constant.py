@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optaxtra.schedules import _arguments as _args
+from optaxtra.schedules import _steps
 
 
 def constant(value: float | jax.Array) -> _args.Schedule:
@@ -44,7 +45,7 @@ def constant(value: float | jax.Array) -> _args.Schedule:
   vdt = _args.value_dtype(value)
 
   def schedule(step):
-    step, _ = _args.as_step(fn, step)
+    step, _ = _steps.as_step(fn, step)
     return jnp.full(step.shape, value, vdt)
 
   return schedule
@@ -106,12 +107,12 @@ def piecewise_constant(
   vdt = _args.value_dtype(init_value, *(s for _, s in pieces))
 
   def schedule(step):
-    step, _ = _args.as_step(fn, step)
+    step, _ = _steps.as_step(fn, step)
     v = jnp.asarray(init_value, vdt)
     out = jnp.broadcast_to(v, step.shape)
     for boundary, scale in pieces:
       v = v * jnp.asarray(scale, vdt)
-      out = jnp.where(_args.reached(step, boundary), v, out)
+      out = jnp.where(_steps.reached(step, boundary), v, out)
     return out
 
   return schedule

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from optaxtra import _checks
 from optaxtra.schedules import _arguments as _args
+from optaxtra.schedules import _steps
 
 
 def exponential_decay(
@@ -108,9 +109,9 @@ def exponential_decay(
   vdt = _args.value_dtype(init_value, decay_rate, end_value)
 
   def schedule(step):
-    step, exact = _args.as_step(fn, step)
-    cdt = _args.compute_dtype(vdt, step)
-    q, frac = _args.split(_args.shift(step, B), T, exact, cdt)
+    step, exact = _steps.as_step(fn, step)
+    cdt = _steps.working_dtype(vdt, step)
+    q, frac = _steps.split(_steps.shift(step, B), T, exact, cdt)
     r = jnp.asarray(decay_rate, cdt)
     value = jnp.asarray(init_value, cdt) * jnp.power(r, q)
     if not staircase:
@@ -196,15 +197,15 @@ def polynomial_decay(
   _args.check_value(fn, "power", power, low=0.0)
   _checks.check_flag(fn, "cycle", cycle)
   vdt = _args.value_dtype(init_value, end_value, power)
-  Tf = _args.real(T)
+  Tf = _steps.real(T)
 
   def schedule(step):
-    step, exact = _args.as_step(fn, step)
-    cdt = _args.compute_dtype(vdt, step)
+    step, exact = _steps.as_step(fn, step)
+    cdt = _steps.working_dtype(vdt, step)
     s = jnp.maximum(step, 0)
     # A decay longer than the integer step can count never ends, so it never
     # cycles either: both forms are then the first decay.
-    if cycle and not (exact and _args.beyond(step, T)):
+    if cycle and not (exact and _steps.beyond(step, T)):
       if exact:
         q = s // T
         r = s - q * T
@@ -216,7 +217,7 @@ def polynomial_decay(
         m = jnp.where(s == 0, 1, jnp.ceil(s / Tf))
         frac = (m * Tf - s) / (m * Tf)
     else:
-      frac = _args.remaining(s, T, cdt) / Tf
+      frac = _steps.remaining(s, T, cdt) / Tf
     init = jnp.asarray(init_value, cdt)
     end = jnp.asarray(end_value, cdt)
     value = (init - end) * jnp.power(frac, jnp.asarray(power, cdt)) + end
@@ -285,9 +286,9 @@ def cosine_decay(
   half_pi = math.pi / 2
 
   def schedule(step):
-    step, _ = _args.as_step(fn, step)
-    cdt = _args.compute_dtype(vdt, step)
-    left = _args.remaining(jnp.maximum(step, 0), T, cdt) / _args.real(T)
+    step, _ = _steps.as_step(fn, step)
+    cdt = _steps.working_dtype(vdt, step)
+    left = _steps.remaining(jnp.maximum(step, 0), T, cdt) / _steps.real(T)
     cosine = jnp.square(jnp.sin(jnp.asarray(half_pi, cdt) * left))
     a = jnp.asarray(alpha, cdt)
     decayed = (1 - a) * jnp.power(cosine, jnp.asarray(exponent, cdt)) + a

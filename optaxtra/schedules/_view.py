@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxtra.schedules import _arguments as _args
+from optaxtra.schedules import _values
 
 # More epoch lines than this would paint the plot grey; mark every k-th epoch.
 _MAX_EPOCH_LINES = 50
@@ -56,7 +57,7 @@ def sample(schedule: _args.Schedule, num_steps: int) -> np.ndarray:
 
   def checked(t):
     # The output is checked while tracing: a string cannot even leave jit.
-    return _args.as_values(fn, "schedule", schedule, schedule(t), t.shape)
+    return _values.as_values(fn, "schedule", schedule, schedule(t), t.shape)
 
   # One compiled call: far cheaper than dispatching every operation eagerly.
   return np.asarray(jax.jit(checked)(steps))
