@@ -8,8 +8,11 @@ wraps with :func:`optax.inject_hyperparams` and plugs into Flax and Haiku.
 from optaxtra import masks, schedules, testing
 from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
-from optaxtra._alias import adamax_clipped, decay_schedule
+from optaxtra._alias import AdamaxClippedState, adamax_clipped
+from optaxtra._coupling import decay_schedule
+from optaxtra._freeze import with_frozen
 from optaxtra._inspect import inspect
+from optaxtra._inspectable import inspectable
 from optaxtra._learning_rate import (
   ScaleByLearningRateState,
   ScaleByScheduleState,
@@ -24,6 +27,7 @@ from optaxtra._weight_decay import (
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+  "AdamaxClippedState",
   "AddDecayedWeightsDecoupledState",
   "ScaleByAdamState",
   "ScaleByAdamaxClippedState",
@@ -33,6 +37,7 @@ __all__ = [
   "add_decayed_weights_decoupled",
   "decay_schedule",
   "inspect",
+  "inspectable",
   "masks",
   "scale_by_adam",
   "scale_by_adamax_clipped",
@@ -40,4 +45,5 @@ __all__ = [
   "scale_by_schedule",
   "schedules",
   "testing",
+  "with_frozen",
 ]

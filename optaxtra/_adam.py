@@ -18,14 +18,24 @@ from optaxtra._dtypes import (
   second_moment_dtype,
   zeros_like,
 )
+from optaxtra._inspectable import inspectable
 from optaxtra._moments import map_moments
-from optaxtra._numerics import one_minus_power, safe_increment
+from optaxtra._numerics import (
+  bias_correction_factor,
+  one_minus_power,
+  safe_increment,
+)
 
 _FN = "scale_by_adam"
 
 
+@inspectable(values=["count", "bias_correction"], trees=["mu", "nu"])
 class ScaleByAdamState(NamedTuple):
   """State of :func:`optaxtra.scale_by_adam`.
+
+  Named, by Optax's convention, after the function whose state it is, like
+  :class:`optax.ScaleByAdamState`, but not that class: it also records the
+  bias-correction factor, and ``isinstance`` tells the two apart.
 
   Attributes:
     count: int32 number of updates done so far (saturates at 2**31 - 1).
@@ -143,10 +153,15 @@ def scale_by_adam(
 
   def update_fn(updates, state, params=None):
     del params
-    _checks.check_state(_FN, state, ScaleByAdamState)
-    _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
-    _checks.check_float_updates(_FN, updates, complex_ok=True)
-    _checks.check_complex_matches(_FN, updates, state.mu)
+    _checks.check_update_call(
+      _FN,
+      updates,
+      state,
+      ScaleByAdamState,
+      reference=state.mu,
+      what=_checks.MU,
+      complex_ok=True,
+    )
     count = safe_increment(state.count)
 
     consts = {}
@@ -198,9 +213,7 @@ def scale_by_adam(
     new_updates, mu, nu, _ = map_moments(leaf, updates, state.mu, state.nu)
     fdt = _checks.default_float()
     if bias_correction:
-      t = count.astype(fdt)
-      b1_, b2_ = jnp.asarray(b1, fdt), jnp.asarray(b2, fdt)
-      bc = jnp.sqrt(one_minus_power(b2_, t)) / one_minus_power(b1_, t)
+      bc = bias_correction_factor(b1, b2, count, fdt)
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamState(

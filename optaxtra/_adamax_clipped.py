@@ -18,12 +18,18 @@ from optaxtra._dtypes import (
   second_moment_dtype,
   zeros_like,
 )
+from optaxtra._inspectable import inspectable
 from optaxtra._moments import map_moments
-from optaxtra._numerics import one_minus_power, safe_increment
+from optaxtra._numerics import (
+  bias_correction_factor,
+  one_minus_power,
+  safe_increment,
+)
 
 _FN = "scale_by_adamax_clipped"
 
 
+@inspectable(values=["count", "clip_fraction", "bias_correction"], trees=["mu", "nu"])
 class ScaleByAdamaxClippedState(NamedTuple):
   """State of :func:`scale_by_adamax_clipped`.
 
@@ -206,10 +212,15 @@ def scale_by_adamax_clipped(
 
   def update_fn(updates, state, params=None):
     del params
-    _checks.check_state(_FN, state, ScaleByAdamaxClippedState)
-    _checks.check_updates_match(_FN, updates, state.mu, "first moment (mu)")
-    _checks.check_float_updates(_FN, updates, complex_ok=not clip)
-    _checks.check_complex_matches(_FN, updates, state.mu)
+    _checks.check_update_call(
+      _FN,
+      updates,
+      state,
+      ScaleByAdamaxClippedState,
+      reference=state.mu,
+      what=_checks.MU,
+      complex_ok=not clip,
+    )
     count = safe_increment(state.count)
     consts = {}
 
@@ -271,7 +282,7 @@ def scale_by_adamax_clipped(
       clip_fraction = (n_clipped / max(total, 1)).astype(jnp.float32)
     fdt = _checks.default_float()
     if bias_correction:
-      bc = 1 / one_minus_power(jnp.asarray(b1, fdt), count.astype(fdt))
+      bc = bias_correction_factor(b1, None, count, fdt)
     else:
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamaxClippedState(

@@ -1,94 +1,84 @@
-"""Ready-made optimizers chaining optaxtra's building blocks."""
+"""The ready-made optimizer: clipped Adamax, a learning rate, decoupled decay."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, NamedTuple, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from optaxtra import _checks
-from optaxtra._adamax_clipped import scale_by_adamax_clipped
-from optaxtra._learning_rate import ScalarOrSchedule, scale_by_learning_rate
-from optaxtra._weight_decay import add_decayed_weights_decoupled
+from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
+from optaxtra._coupling import Coupling, decay_schedule
+from optaxtra._inspectable import inspectable
+from optaxtra._learning_rate import (
+  ScalarOrSchedule,
+  ScaleByLearningRateState,
+  scale_by_learning_rate,
+)
+from optaxtra._weight_decay import (
+  AddDecayedWeightsDecoupledState,
+  add_decayed_weights_decoupled,
+)
 
-Coupling = Literal["learning_rate", "normalized", "independent"]
-_COUPLINGS = ("learning_rate", "normalized", "independent")
+_FN = "adamax_clipped"
 
 
-def decay_schedule(
-  learning_rate: ScalarOrSchedule,
-  coupling: Coupling,
-  peak_learning_rate: float | None = None,
-  *,
-  fn: str = "decay_schedule",
-) -> ScalarOrSchedule | None:
-  """The ``schedule`` argument of the decoupled decay for a named coupling.
+def _effective(state: AdamaxClippedState) -> dict[str, Any]:
+  bc = state.bias_correction
+  lr = state.learning_rate
+  return {"effective_learning_rate": lr if bc is None else lr * bc}
 
-  Args:
-    learning_rate: the optimizer's learning rate, a float or a schedule.
-    coupling: ``"learning_rate"`` (PyTorch / Keras / optax.adamw / BERT: decay
-      scaled by the learning rate), ``"normalized"`` (Loshchilov & Hutter,
-      Composer: decay scaled by ``learning_rate(t) / peak_learning_rate``) or
-      ``"independent"`` (TF-Addons: decay independent of the learning rate).
-    peak_learning_rate: the normaliser for ``"normalized"``. Defaults to the
-      learning rate itself when that is a float; required for a schedule.
-    fn: the public function asking, for error messages.
 
-  Returns:
-    A float, a schedule, or None, to pass as
-    ``add_decayed_weights_decoupled(..., schedule=...)``.
+@inspectable(
+  values=[
+    "count",
+    "learning_rate",
+    "weight_decay",
+    "decay_rate",
+    "clip_fraction",
+    "bias_correction",
+  ],
+  trees=["mu", "nu"],
+  derive=_effective,
+)
+class AdamaxClippedState(NamedTuple):
+  """State of :func:`optaxtra.adamax_clipped`.
 
-  Examples:
-    >>> import optaxtra
-    >>> s = optaxtra.decay_schedule(lambda t: 0.01 / (1 + t), "normalized",
-    ...                             peak_learning_rate=0.01)
-    >>> float(s(0)), float(s(1))
-    (1.0, 0.5)
+  Every value is the one the most recent update used (before the first update,
+  the one the first update will use). A field that does not apply is None,
+  which JAX takes as an empty subtree: it costs nothing and
+  :func:`optaxtra.inspect` does not report it.
 
-  References:
-    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
-    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  Attributes:
+    count: int32 number of updates done so far (saturates at 2**31 - 1).
+    mu: first moment of the clipped gradients.
+    nu: running infinity norm of the clipped gradients.
+    learning_rate: the learning rate, ``learning_rate(t)``.
+    weight_decay: the decay coefficient as given, ``weight_decay(t)``; None
+      without decay (``weight_decay=0``).
+    decay_rate: the share of each decayed weight removed,
+      ``weight_decay(t) * coupling(t)`` (for the default coupling
+      ``weight_decay(t) * learning_rate(t)``); None without decay.
+    clip_fraction: with ``track_clip_fraction=True``, the share of gradient
+      entries clipped; None otherwise.
+    bias_correction: with ``bias_correction=True``, the factor
+      ``1 / (1 - b1**t)`` applied to the first moment; None otherwise.
   """
-  if coupling not in _COUPLINGS:
-    raise ValueError(
-      f"{fn}: weight_decay_coupling must be one of {_COUPLINGS}, got {coupling!r}."
-    )
-  if coupling != "normalized":
-    if peak_learning_rate is not None:
-      raise ValueError(
-        f"{fn}: peak_learning_rate is only used with "
-        f"weight_decay_coupling='normalized', got coupling {coupling!r}. "
-        "Drop peak_learning_rate, or choose the 'normalized' coupling."
-      )
-    return learning_rate if coupling == "learning_rate" else None
-  if peak_learning_rate is None:
-    if callable(learning_rate):
-      raise ValueError(
-        f"{fn}: weight_decay_coupling='normalized' with a learning-rate "
-        "schedule needs peak_learning_rate (the value the schedule is "
-        "normalised by, usually its maximum)."
-      )
-    if isinstance(learning_rate, jax.Array | np.ndarray):
-      # Inside optax.inject_hyperparams a schedule arrives here as its current
-      # value: normalising it by itself would silently give 1 at every step.
-      raise ValueError(
-        f"{fn}: weight_decay_coupling='normalized' with an array learning "
-        "rate needs peak_learning_rate. Inside optax.inject_hyperparams a "
-        "schedule arrives as its current value, so the peak cannot be "
-        "inferred; pass peak_learning_rate explicitly (or a Python float "
-        "learning rate)."
-      )
-    return None  # a constant learning rate normalised by itself is 1
-  _checks.check_scalar(
-    fn, "peak_learning_rate", peak_learning_rate, low=0.0, low_open=True, high=None
-  )
-  if callable(learning_rate):
-    return lambda count: learning_rate(count) / peak_learning_rate
-  return learning_rate / peak_learning_rate
+
+  # A NamedTuple field named like tuple.count, as in Optax's states.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
+  mu: optax.Updates
+  nu: optax.Updates
+  learning_rate: jax.Array
+  weight_decay: jax.Array | None
+  decay_rate: jax.Array | None
+  clip_fraction: jax.Array | None
+  bias_correction: jax.Array | None
 
 
 def adamax_clipped(
@@ -111,7 +101,7 @@ def adamax_clipped(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Neural-GPU clipped Adamax, with a learning rate and decoupled decay.
 
-  The chain
+  One transformation computing what the chain
 
   .. code-block:: python
 
@@ -122,6 +112,12 @@ def adamax_clipped(
             weight_decay, schedule=<from weight_decay_coupling>,
             mask=weight_decay_mask),
     )
+
+  computes, to the bit, with one step count for the whole optimizer and a
+  state holding only what means something: the moments, the learning rate the
+  last update used, and, where there is decay, its coefficient and the rate it
+  applied (see :class:`AdamaxClippedState`). The building blocks stay
+  available to compose with :func:`optax.chain` yourself.
 
   With the defaults it is the optimizer of Freivalds & Liepins (2017), as in
   their ``AdamaxOptimizer``: ``params -= lr * mu / (nu + eps)`` with the
@@ -156,8 +152,13 @@ def adamax_clipped(
       the params, e.g. ``optaxtra.masks.path_mask(exclude=["bias", "LayerNorm"])``.
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs`; its state is a tuple of
-    the three stages' states, readable with :func:`optaxtra.inspect`.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is an
+    :class:`optaxtra.AdamaxClippedState`, readable with
+    :func:`optaxtra.inspect`: ``count``, ``learning_rate``,
+    ``effective_learning_rate``, and, where they apply, ``weight_decay`` (the
+    coefficient), ``decay_rate`` (the share of each weight removed),
+    ``bias_correction`` and ``clip_fraction``. Its ``update`` needs the params
+    when there is decay.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -169,6 +170,12 @@ def adamax_clipped(
     >>> updates, state = tx.update(grads, state, params)
     >>> optax.apply_updates(params, updates)["w"]  # first step: +-1e-2*0.1, clipped
     Array([ 0.99899...,  -1.99899...], dtype=float32)
+    >>> info = optaxtra.inspect(state)
+    >>> float(info["weight_decay"]), float(info["decay_rate"])  # 1e-4 * lr
+    (0.0001, 1e-06)
+    >>> sorted(info)
+    ['count', 'decay_rate', 'effective_learning_rate', 'learning_rate',
+     'weight_decay']
 
   References:
     Freivalds & Liepins, `Improving the Neural GPU Architecture for Algorithm
@@ -180,25 +187,95 @@ def adamax_clipped(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
-  fn = "adamax_clipped"
   schedule = decay_schedule(
-    learning_rate, weight_decay_coupling, peak_learning_rate, fn=fn
+    learning_rate, weight_decay_coupling, peak_learning_rate, fn=_FN
   )
-  return optax.chain(
-    scale_by_adamax_clipped(
-      b1,
-      b2,
-      eps,
-      clip_multiplier=clip_multiplier,
-      clip_epsilon=clip_epsilon,
-      clip=clip,
-      bias_correction=bias_correction,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      track_clip_fraction=track_clip_fraction,
-    ),
-    scale_by_learning_rate(learning_rate),
-    add_decayed_weights_decoupled(
-      weight_decay, schedule=schedule, mask=weight_decay_mask
-    ),
+  adamax = scale_by_adamax_clipped(
+    b1,
+    b2,
+    eps,
+    clip_multiplier=clip_multiplier,
+    clip_epsilon=clip_epsilon,
+    clip=clip,
+    bias_correction=bias_correction,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    track_clip_fraction=track_clip_fraction,
   )
+  lr_stage = scale_by_learning_rate(learning_rate)
+  decay = add_decayed_weights_decoupled(
+    weight_decay, schedule=schedule, mask=weight_decay_mask
+  )
+  # No decay at all (a Python or NumPy 0, the default): no decay fields, and no
+  # params needed by update. Any array counts as decay, so that the state of
+  # optax.inject_hyperparams, which passes arrays, keeps one structure.
+  decays = not (
+    isinstance(weight_decay, int | float | np.generic) and float(weight_decay) == 0.0
+  )
+  fdt = _checks.default_float()
+
+  def coefficient(count):
+    wd = weight_decay(count) if callable(weight_decay) else weight_decay
+    wd = _checks.schedule_output(_FN, "weight_decay", wd)
+    # A copy: optax.inject_hyperparams hands over its own array, and a state
+    # sharing it could not be donated.
+    return jnp.array(wd, fdt, copy=True) if decays else None
+
+  def init_fn(params):
+    a = cast(ScaleByAdamaxClippedState, adamax.init(params))
+    lr = cast(ScaleByLearningRateState, lr_stage.init(params))
+    d = cast(AddDecayedWeightsDecoupledState, decay.init(params)) if decays else None
+    return AdamaxClippedState(
+      count=a.count,
+      mu=a.mu,
+      nu=a.nu,
+      learning_rate=lr.learning_rate,
+      weight_decay=coefficient(a.count) if decays else None,
+      decay_rate=d.decay_rate if d is not None else None,
+      clip_fraction=a.clip_fraction,
+      bias_correction=a.bias_correction if bias_correction else None,
+    )
+
+  def update_fn(updates, state, params=None):
+    _checks.check_state(_FN, state, AdamaxClippedState)
+    if decays and params is None:
+      raise ValueError(
+        f"{_FN} with weight_decay needs the params to decay them: call "
+        "tx.update(grads, state, params), or optimizer.update(grads, state, "
+        "params)."
+      )
+    count = state.count
+    bc = state.bias_correction
+    a = ScaleByAdamaxClippedState(
+      count,
+      state.mu,
+      state.nu,
+      state.clip_fraction,
+      jnp.ones([], fdt) if bc is None else bc,
+    )
+    # Its optional fields are None, which optax.OptState does not spell.
+    updates, new = adamax.update(updates, cast(Any, a))
+    a = cast(ScaleByAdamaxClippedState, new)
+    updates, new = lr_stage.update(
+      updates, ScaleByLearningRateState(count, state.learning_rate)
+    )
+    lr = cast(ScaleByLearningRateState, new)
+    rate = None
+    if decays:
+      d = AddDecayedWeightsDecoupledState(count, state.decay_rate)
+      updates, new = decay.update(updates, d, params)
+      rate = cast(AddDecayedWeightsDecoupledState, new).decay_rate
+    return updates, AdamaxClippedState(
+      count=a.count,
+      mu=a.mu,
+      nu=a.nu,
+      learning_rate=lr.learning_rate,
+      weight_decay=coefficient(count),
+      decay_rate=rate,
+      clip_fraction=a.clip_fraction,
+      bias_correction=a.bias_correction if bias_correction else None,
+    )
+
+  # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty
+  # subtree: the state's optional fields are None where they do not apply.
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -16,6 +16,8 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from optaxtra._paths import path_str, quote
+
 
 def is_traced(value: Any) -> bool:
   """Whether ``value`` is a JAX tracer (its value is unknown at trace time)."""
@@ -128,23 +130,6 @@ def check_float32_or_wider(fn: str, name: str, value: Any) -> None:
     )
 
 
-def path_str(path: tuple[Any, ...]) -> str:
-  """A key path as ``a/b/0`` (the spelling used across optaxtra)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  return "/".join(parts) if parts else "<root>"
-
-
 def check_state(fn: str, state: Any, cls: type) -> None:
   """Raises ``TypeError`` unless ``state`` is the ``cls`` that init built.
 
@@ -158,6 +143,33 @@ def check_state(fn: str, state: Any, cls: type) -> None:
       "back as dicts and lists: restore against "
       "jax.eval_shape(tx.init, params) (see the README's Checkpoints section)."
     )
+
+
+def check_update_call(
+  fn: str,
+  updates: Any,
+  state: Any,
+  cls: type,
+  *,
+  reference: Any,
+  what: str,
+  complex_ok: bool,
+) -> None:
+  """The checks every ``update_fn`` opens with, in order.
+
+  ``state`` is the ``cls`` that init built; ``updates`` has ``reference``'s
+  tree and shapes (``what`` names it in the message) and float leaves
+  (complex too with ``complex_ok``). Where ``reference`` is the first moment,
+  a complex update whose moment is real is also refused.
+  """
+  check_state(fn, state, cls)
+  check_updates_match(fn, updates, reference, what)
+  check_float_updates(fn, updates, complex_ok=complex_ok)
+  if what == MU:
+    check_complex_matches(fn, updates, reference)
+
+
+MU = "first moment (mu)"
 
 
 def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> None:
@@ -184,8 +196,8 @@ def check_updates_match(fn: str, updates: Any, reference: Any, what: str) -> Non
   for (path, u), (_, r) in zip(u_leaves, r_leaves, strict=True):
     if jnp.shape(u) != jnp.shape(r):
       raise ValueError(
-        f"{fn}: the update for '{path_str(path)}' has shape {jnp.shape(u)} "
-        f"but '{path_str(path)}' in the {what} has shape {jnp.shape(r)}. Pass "
+        f"{fn}: the update for {quote(path_str(path))} has shape {jnp.shape(u)} "
+        f"but {quote(path_str(path))} in the {what} has shape {jnp.shape(r)}. Pass "
         "a gradient of the parameter's own shape (optaxtra never broadcasts "
         "updates)."
       )
@@ -205,7 +217,7 @@ def check_float_updates(fn: str, updates: Any, *, complex_ok: bool = False) -> N
     if not ok:
       kinds = "floating or complex" if complex_ok else "real floating"
       raise TypeError(
-        f"{fn}: the update for '{path_str(path)}' has dtype {dtype}; updates "
+        f"{fn}: the update for {quote(path_str(path))} has dtype {dtype}; updates "
         f"must be {kinds} arrays. Compute gradients of float parameters "
         "(jax.grad refuses integer inputs), or leave integer leaves out of "
         "the optimizer with optax.masked or optax.partition."
@@ -223,7 +235,7 @@ def check_complex_matches(fn: str, updates: Any, moments: Any) -> None:
   for (path, u), m in zip(u_leaves, jax.tree.leaves(moments), strict=True):
     if jnp.iscomplexobj(u) and not jnp.iscomplexobj(m):
       raise TypeError(
-        f"{fn}: the update for '{path_str(path)}' has dtype "
+        f"{fn}: the update for {quote(path_str(path))} has dtype "
         f"{jnp.result_type(u)} but init was given a real parameter there "
         f"(moment dtype {jnp.result_type(m)}); its imaginary part would be "
         "dropped. Give init the complex params, or pass real gradients."

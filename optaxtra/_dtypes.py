@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
+from optaxtra._paths import path_str, quote
 
 
 def canonical_float_dtype(
@@ -104,9 +104,8 @@ def check_trainable_params(fn: str, params: Any, *, complex_ok: bool) -> None:
       why = "complex parameters are not supported here"
     else:
       why = "integer and boolean parameters cannot be trained"
-    name = _checks.path_str(path)
     raise TypeError(
-      f"{fn}: the parameter '{name}' has dtype {dt}; {why}. Leave it out of "
-      "the optimizer with optax.masked(tx, mask) or optaxtra.masks.freeze(tx, "
-      "frozen=...), or give it a floating dtype."
+      f"{fn}: the parameter {quote(path_str(path))} has dtype {dt}; {why}. "
+      "Leave it out of the optimizer with optax.masked(tx, mask) or "
+      "optaxtra.with_frozen(tx, frozen=...), or give it a floating dtype."
     )

@@ -12,14 +12,20 @@ from jax.typing import ArrayLike
 
 from optaxtra import _checks
 from optaxtra._dtypes import compute_dtype
+from optaxtra._inspectable import inspectable
 from optaxtra._numerics import safe_increment
 
 # A hyperparameter: a float or array, or a schedule of the int32 step count.
 ScalarOrSchedule = ArrayLike | optax.Schedule
 
 
+@inspectable(values=["count", "step_size"])
 class ScaleByScheduleState(NamedTuple):
   """State of :func:`optaxtra.scale_by_schedule`.
+
+  Named, by Optax's convention, after the function whose state it is, like
+  :class:`optax.ScaleByScheduleState`, but not that class: it also records the
+  step size, and ``isinstance`` tells the two apart.
 
   Attributes:
     count: int32 number of updates done so far (saturates at 2**31 - 1).
@@ -32,6 +38,7 @@ class ScaleByScheduleState(NamedTuple):
   step_size: jax.Array
 
 
+@inspectable(values=["count", "learning_rate"])
 class ScaleByLearningRateState(NamedTuple):
   """State of :func:`optaxtra.scale_by_learning_rate`.
 

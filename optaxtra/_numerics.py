@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,22 @@ def one_minus_power(b: jax.Array, t: jax.Array) -> jax.Array:
     Array(0.00199896, dtype=float32)
   """
   return -jnp.expm1(t * jnp.log(b))
+
+
+def bias_correction_factor(
+  b1: Any, b2: Any | None, t: jax.Array, dtype: Any
+) -> jax.Array:
+  """The factor by which the bias correction multiplies a step at step ``t``.
+
+  Adam's ``sqrt(1 - b2**t) / (1 - b1**t)`` (Kingma & Ba, Section 2), or, with
+  ``b2=None``, Adamax's ``1 / (1 - b1**t)`` (Algorithm 2), in ``dtype``, from
+  :func:`one_minus_power`. ``t >= 1``, in any numeric dtype.
+  """
+  t = jnp.asarray(t).astype(dtype)
+  denominator = one_minus_power(jnp.asarray(b1, dtype), t)
+  if b2 is None:
+    return 1 / denominator
+  return jnp.sqrt(one_minus_power(jnp.asarray(b2, dtype), t)) / denominator
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

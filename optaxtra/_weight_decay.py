@@ -11,6 +11,7 @@ import optax
 
 from optaxtra import _checks
 from optaxtra._dtypes import compute_dtype
+from optaxtra._inspectable import inspectable
 from optaxtra._learning_rate import ScalarOrSchedule
 from optaxtra._numerics import safe_increment
 from optaxtra._tree_mask import resolve_mask
@@ -18,19 +19,21 @@ from optaxtra._tree_mask import resolve_mask
 _FN = "add_decayed_weights_decoupled"
 
 
+@inspectable(values=["count", "decay_rate"])
 class AddDecayedWeightsDecoupledState(NamedTuple):
   """State of :func:`optaxtra.add_decayed_weights_decoupled`.
 
   Attributes:
     count: int32 number of updates done so far (saturates at 2**31 - 1).
-    weight_decay: the per-step decay rate the most recent update applied,
-      ``weight_decay(t) * schedule(t)``; before the first update, the rate the
-      first update will apply.
+    decay_rate: the per-step decay rate the most recent update applied,
+      ``weight_decay(t) * schedule(t)``, the share of each weight it removed;
+      before the first update, the rate the first update will apply.
+      (Called ``weight_decay`` in optaxtra 0.1.)
   """
 
   # A NamedTuple field named like tuple.count, as in Optax's states.
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
-  weight_decay: jax.Array
+  decay_rate: jax.Array
 
 
 def _value(v: ScalarOrSchedule | None, count: jax.Array) -> Any:
@@ -79,7 +82,7 @@ def add_decayed_weights_decoupled(
       weight removed per step and must lie in [0, 1): 1 zeroes the weights,
       more flips their sign. It is checked at init (step 0) and at every step
       whose value is concrete; a traced value is used as it is and recorded
-      in the state's ``weight_decay``, where :func:`optaxtra.inspect` shows it.
+      in the state's ``decay_rate``, where :func:`optaxtra.inspect` shows it.
       Schedules must return real scalars (``TypeError`` for None, strings,
       bools and complex numbers, even under ``jax.jit``).
     mask: which parameters to decay: a tree of bools with the params'
@@ -107,7 +110,7 @@ def add_decayed_weights_decoupled(
     >>> updates, state = tx.update(grads, state, params)
     >>> updates["w"], updates["b"]  # only w decays, by 0.1 * lr(0) of itself
     (Array([-0.001, -0.001], dtype=float32), Array([0., 0.], dtype=float32))
-    >>> state[2].weight_decay
+    >>> state[2].decay_rate
     Array(0.001, dtype=float32)
 
   References:
@@ -154,9 +157,15 @@ def add_decayed_weights_decoupled(
         f"{_FN} needs the params to decay them: call "
         "tx.update(grads, state, params), or optimizer.update(grads, state, params)."
       )
-    _checks.check_state(_FN, state, AddDecayedWeightsDecoupledState)
-    _checks.check_updates_match(_FN, updates, params, "params")
-    _checks.check_float_updates(_FN, updates, complex_ok=True)
+    _checks.check_update_call(
+      _FN,
+      updates,
+      state,
+      AddDecayedWeightsDecoupledState,
+      reference=params,
+      what="params",
+      complex_ok=True,
+    )
     r = rate(state.count)
     if not _checks.is_traced(r) and not 0 <= float(r) < 1:
       raise ValueError(

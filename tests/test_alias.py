@@ -108,14 +108,19 @@ def test_trajectory_matches_reference(case, dtype, rtol, request):
       _harness.assert_close(
         p[k], w["params"][k], rtol, None, f"{n} {k}", atol=rtol * 0.01 * (n + 1)
       )
-    assert s[0].clip_fraction.dtype == jnp.float32
-    np.testing.assert_allclose(float(s[0].clip_fraction), w["clip_fraction"], rtol=1e-7)
-    assert s[1].learning_rate.dtype == s[2].weight_decay.dtype == fdt
+    assert s.clip_fraction.dtype == jnp.float32
+    np.testing.assert_allclose(float(s.clip_fraction), w["clip_fraction"], rtol=1e-7)
+    assert s.learning_rate.dtype == fdt
     rtol_value = 1e-15 if dtype == "float64" else 1e-6
     np.testing.assert_allclose(
-      float(s[1].learning_rate), w["learning_rate"], rtol=rtol_value
+      float(s.learning_rate), w["learning_rate"], rtol=rtol_value
     )
-    np.testing.assert_allclose(float(s[2].weight_decay), w["rate"], rtol=rtol_value)
+    if "weight_decay" not in kwargs:  # no decay: nothing recorded, none applied
+      assert s.decay_rate is None and s.weight_decay is None and w["rate"] == 0
+      continue
+    assert s.decay_rate.dtype == s.weight_decay.dtype == fdt
+    np.testing.assert_allclose(float(s.decay_rate), w["rate"], rtol=rtol_value)
+    np.testing.assert_allclose(float(s.weight_decay), kwargs["weight_decay"])
   if kwargs.get("clip", True):
     assert any(w["clip_fraction"] > 0 for w in want[1:])
 
@@ -147,7 +152,7 @@ def test_bfloat16_each_step(case):
     rate = kwargs.get("weight_decay", 0.0) * ref.value(_np(decay_schedule), n)
     for k in SHAPES:
       u, _, _, _ = ref.adamax_clipped_step(
-        g[k], state[0].mu[k], state[0].nu[k], n + 1, **hyper
+        g[k], state.mu[k], state.nu[k], n + 1, **hyper
       )
       want = -float(_lr(n)) * u - (rate * ref.f64(params[k]) if mask[k] else 0.0)
       assert updates[k].dtype == jnp.bfloat16
@@ -282,7 +287,7 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
     )
     updates, state = update(g, state, params)
     params = optax.apply_updates(params, updates)
-    clipped_later |= n > 0 and float(state[0].clip_fraction) > 0
+    clipped_later |= n > 0 and float(state.clip_fraction) > 0
     for k in shapes:
       theirs = variables[k].numpy()
       assert theirs.dtype == params[k].dtype
@@ -292,8 +297,8 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
       mu_seed = seed.get_slot(variables[k], "m").numpy()
       nu_seed = seed.get_slot(variables[k], "v").numpy()
       # m = b1 m + (1 - b1) g cancels; its terms are bounded by v >= |g|.
-      _harness.assert_close(state[0].mu[k], mu_seed, rtol, nu_seed, f"m {n} {k}")
-      _harness.assert_close(state[0].nu[k], nu_seed, rtol, None, f"v {n} {k}")
+      _harness.assert_close(state.mu[k], mu_seed, rtol, nu_seed, f"m {n} {k}")
+      _harness.assert_close(state.nu[k], nu_seed, rtol, None, f"v {n} {k}")
   assert clipped_later
 
 

@@ -66,6 +66,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path):
       "--skip-check",
       "--only",
       "optaxtra",
+      "optaxtra-chain-0.1",
       "hand-fused",
       "optaxtra-noclip-bc",
       "optax-chain",
@@ -80,13 +81,16 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path):
   fixed = res["fixed"]["rows"]
   assert set(fixed) == {
     "optaxtra",
+    "optaxtra-chain-0.1",
     "hand-fused",
     "optaxtra-noclip-bc",
     "optax-chain",
     "torch-AdamW",
   }
-  # optaxtra's state: count, mu, nu, bias factor | count, lr | count, rate.
-  assert fixed["optaxtra"]["state_leaves"] == 8
+  # optaxtra's state: count, mu, nu, lr, decay coefficient, decay rate; the
+  # 0.1 chain's: count, mu, nu, bias factor | count, lr | count, rate.
+  assert fixed["optaxtra"]["state_leaves"] == 6
+  assert fixed["optaxtra-chain-0.1"]["state_leaves"] == 8
   assert fixed["optax-chain"]["state_leaves"] == 4
   one = res["one_leaf"]["1000"]["rows"]
   assert one["optaxtra"]["kernels"]["array_fusions"] == 3  # one pass per array

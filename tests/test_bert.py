@@ -265,7 +265,7 @@ def run_optaxtra(mask, jit, steps=STEPS, adam=BERT_ADAM):
     history.append(
       {
         "lr": float(lr_state.learning_rate),
-        "decay": float(decay_state.weight_decay),
+        "decay": float(decay_state.decay_rate),
         "params": flat_by_path(params),
         "m": flat_by_path(adam.mu),
         "v": flat_by_path(adam.nu),

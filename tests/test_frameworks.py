@@ -60,7 +60,7 @@ def _check_what_the_last_update_used(seen):
   last_lr = _learning_rate()(NUM_STEPS - 1)
   assert int(seen["count"]) == NUM_STEPS
   np.testing.assert_allclose(seen["learning_rate"], last_lr, rtol=1e-6)
-  np.testing.assert_allclose(seen["weight_decay"], WEIGHT_DECAY * last_lr, rtol=1e-6)
+  np.testing.assert_allclose(seen["decay_rate"], WEIGHT_DECAY * last_lr, rtol=1e-6)
   # No bias correction: the effective learning rate is the learning rate.
   np.testing.assert_allclose(seen["effective_learning_rate"], last_lr, rtol=1e-6)
   assert 0.0 <= float(seen["clip_fraction"]) <= 1.0
@@ -132,7 +132,7 @@ def test_flax_nnx_optimizer_trains_digits():
   before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   fresh.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
   after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  rate = optaxtra.inspect(fresh.opt_state)["weight_decay"]
+  rate = optaxtra.inspect(fresh.opt_state)["decay_rate"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(before, after, rate, {"hidden/kernel", "out/kernel"})
 
@@ -177,7 +177,7 @@ def test_flax_linen_train_state_trains_digits():
   )
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   new_state = jax.jit(lambda s, g: s.apply_gradients(grads=g))(fresh, zeros)
-  rate = optaxtra.inspect(new_state.opt_state)["weight_decay"]
+  rate = optaxtra.inspect(new_state.opt_state)["decay_rate"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(
     state.params, new_state.params, rate, {"Dense_0/kernel", "Dense_1/kernel"}
@@ -226,7 +226,7 @@ def test_haiku_trains_digits():
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, new_state = jax.jit(tx.update)(zeros, tx.init(params), params)
   new_params = optax.apply_updates(params, updates)
-  rate = optaxtra.inspect(new_state)["weight_decay"]
+  rate = optaxtra.inspect(new_state)["decay_rate"]
   np.testing.assert_allclose(rate, WEIGHT_DECAY * PEAK_LR, rtol=1e-6)
   _check_one_decay_step(
     params,

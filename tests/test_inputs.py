@@ -322,4 +322,4 @@ def test_decay_rate_reaching_one_later_is_refused_eagerly_and_recorded_under_jit
     tx.update({"w": jnp.zeros(2)}, state, params)
   # Traced: used as it is, and visible in the state.
   _, state = jax.jit(tx.update)({"w": jnp.zeros(2)}, state, params)
-  assert float(optaxtra.inspect(state)["weight_decay"]) == 1.0
+  assert float(optaxtra.inspect(state)["decay_rate"]) == 1.0

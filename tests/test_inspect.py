@@ -25,18 +25,19 @@ _tracked_adamax_clipped = functools.partial(
 
 SHAPES = ref.SHAPES
 STEPS = 30
-# What inspect reports for adamax_clipped with the clip share tracked: the
-# first stage's count as "count", the other two stages' by their state path.
+# What inspect reports for adamax_clipped with the clip share tracked and a
+# decay: one count, the decay's coefficient and applied rate under two names,
+# no bias correction (off by default).
 ALIAS_KEYS = [
-  "1/count",
-  "2/count",
-  "bias_correction",
   "clip_fraction",
   "count",
+  "decay_rate",
   "effective_learning_rate",
   "learning_rate",
   "weight_decay",
 ]
+# Without decay there is no decay to report.
+ALIAS_KEYS_NO_DECAY = [k for k in ALIAS_KEYS if k not in ("decay_rate", "weight_decay")]
 
 
 def _params(dtype=jnp.float32):
@@ -155,7 +156,8 @@ def test_before_the_first_update():
   tx = _tracked_adamax_clipped(sched, weight_decay=0.5, bias_correction=True)
   info = optaxtra.inspect(tx.init(_params()))
   np.testing.assert_allclose(info["learning_rate"], 0.3)
-  np.testing.assert_allclose(info["weight_decay"], 0.15)
+  np.testing.assert_allclose(info["decay_rate"], 0.15)
+  np.testing.assert_allclose(info["weight_decay"], 0.5)
   assert float(info["clip_fraction"]) == 0.0
   assert float(info["bias_correction"]) == 1.0
   assert int(info["count"]) == 0
@@ -198,10 +200,14 @@ def test_adamax_clipped_chain_reports_what_each_update_used(x64, bias_correction
   for t, (info, w, got) in enumerate(zip(infos, want, seen, strict=True), start=1):
     assert int(info["count"]) == t
     np.testing.assert_allclose(info["learning_rate"], w["learning_rate"], rtol=1e-13)
-    np.testing.assert_allclose(info["weight_decay"], w["rate"], rtol=1e-13)
+    np.testing.assert_allclose(info["decay_rate"], w["rate"], rtol=1e-13)
+    np.testing.assert_allclose(info["weight_decay"], wd(t - 1), rtol=1e-13)
     assert float(info["clip_fraction"]) == pytest.approx(w["clip_fraction"], rel=1e-6)
     factor = 1 / (1 - b1**t) if bias_correction else 1.0
-    np.testing.assert_allclose(info["bias_correction"], factor, rtol=1e-13)
+    if bias_correction:
+      np.testing.assert_allclose(info["bias_correction"], factor, rtol=1e-13)
+    else:  # off: nothing to report
+      assert "bias_correction" not in info
     np.testing.assert_allclose(
       info["effective_learning_rate"], w["learning_rate"] * factor, rtol=1e-13
     )
@@ -226,7 +232,8 @@ def test_adamax_clipped_chain_float32_eager():
   assert sorted(infos[0]) == ALIAS_KEYS
   for info, w in zip(infos, want, strict=True):
     np.testing.assert_allclose(info["learning_rate"], w["learning_rate"], rtol=1e-6)
-    np.testing.assert_allclose(info["weight_decay"], w["rate"], rtol=1e-6)
+    np.testing.assert_allclose(info["decay_rate"], w["rate"], rtol=1e-6)
+    np.testing.assert_allclose(info["weight_decay"], 0.1)
     np.testing.assert_allclose(info["clip_fraction"], w["clip_fraction"], atol=1 / 21)
 
 
@@ -265,7 +272,7 @@ def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
   np.testing.assert_allclose(
     info["inner_states/adam/inner_state/hyperparams/learning_rate"], 0.1
   )
-  np.testing.assert_allclose(info["inner_states/clip/inner_state/1/learning_rate"], 0.2)
+  np.testing.assert_allclose(info["inner_states/clip/inner_state/learning_rate"], 0.2)
   np.testing.assert_allclose(
     info["inner_states/adam/inner_state/effective_learning_rate"],
     0.1 * ref.adam_bias_correction(2, 0.5, 0.75),
@@ -274,20 +281,18 @@ def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
   np.testing.assert_allclose(
     info["inner_states/clip/inner_state/effective_learning_rate"], 0.2
   )
-  np.testing.assert_allclose(info["weight_decay"], 0.3 * 0.2, rtol=1e-6)  # only one
+  np.testing.assert_allclose(info["decay_rate"], 0.3 * 0.2, rtol=1e-6)  # only one
   # The key is the value's own path in the state.
-  assert float(
-    state.inner_states["clip"].inner_state[1].learning_rate
-  ) == pytest.approx(0.2)
+  assert float(state.inner_states["clip"].inner_state.learning_rate) == pytest.approx(
+    0.2
+  )
   # count: the outermost one (the adam group's inject count, 4 keys deep).
   assert int(info["count"]) == 2
   counts = sorted(k for k in info if k.endswith("count"))
   assert counts == [
     "count",
     "inner_states/adam/inner_state/inner_state/0/count",
-    "inner_states/clip/inner_state/0/count",
-    "inner_states/clip/inner_state/1/count",
-    "inner_states/clip/inner_state/2/count",
+    "inner_states/clip/inner_state/count",  # the optimizer's one count
   ]
 
 
@@ -297,11 +302,12 @@ def test_hyperparameter_and_stage_both_named_learning_rate():
   info = infos[-1]
   assert "learning_rate" not in info
   np.testing.assert_allclose(info["hyperparams/learning_rate"], 0.25)
-  np.testing.assert_allclose(info["inner_state/1/learning_rate"], 0.25)
-  # hyperparams' weight_decay (the coefficient) and the stage's (the applied
-  # rate) are both kept, each under its path.
-  assert "hyperparams/weight_decay" in info and "inner_state/2/weight_decay" in info
-  # The product is formed in the inner chain, where one lr meets one factor.
+  np.testing.assert_allclose(info["inner_state/learning_rate"], 0.25)
+  # hyperparams' weight_decay and the optimizer's (both the coefficient) are
+  # both kept, each under its path; the applied rate has its own name.
+  assert "hyperparams/weight_decay" in info and "inner_state/weight_decay" in info
+  assert "decay_rate" in info
+  # The product is formed by the optimizer's state, which knows its factor.
   np.testing.assert_allclose(info["effective_learning_rate"], 0.25)
 
 
@@ -393,7 +399,7 @@ def test_params_shaped_namedtuples_are_not_read():
 
   params = Params(jnp.ones(()), jnp.ones(()))
   info = optaxtra.inspect(_tracked_adamax_clipped(0.1).init(params))
-  assert sorted(info) == ALIAS_KEYS
+  assert sorted(info) == ALIAS_KEYS_NO_DECAY
 
 
 def test_traced_hyperparameters_under_jit():
@@ -408,7 +414,7 @@ def test_traced_hyperparameters_under_jit():
     return optaxtra.inspect(state)
 
   info = step(state, jnp.float32(0.05))
-  np.testing.assert_allclose(info["inner_state/1/learning_rate"], 0.05)
+  np.testing.assert_allclose(info["inner_state/learning_rate"], 0.05)
   np.testing.assert_allclose(info["b1"], 0.5)
 
 
@@ -571,7 +577,10 @@ _RESTORE_HINT = r"ckptr\.restore\(path, jax\.eval_shape\(lambda: tx\.init\(param
   "make, where",
   [
     (lambda: optax.adam(1e-3), r"'0' has the fields .*\(count, mu, nu\)"),
-    (lambda: _tracked_adamax_clipped(0.1, weight_decay=0.1), "'0'.*ScaleByAdamaxClip"),
+    (
+      lambda: _tracked_adamax_clipped(0.1, weight_decay=0.1),
+      "the state itself.*AdamaxClippedState",
+    ),
     (lambda: optax.inject_hyperparams(optax.adam)(0.1), "state itself.*Inject"),
     (lambda: optax.masked(optax.adam(0.1), {"w": True, "s": False}), "MaskedState"),
     (lambda: optax.transforms.partition({"a": optax.adam(0.1)}, _ALL_A), "inner_st"),
@@ -702,7 +711,7 @@ def test_tensorboard_example_writes_what_inspect_read(tmp_path):
       atol=1e-9,
     )
     np.testing.assert_allclose(
-      clipped["weight_decay"][t - 1], 1e-2 * lr(t - 1), rtol=1e-5, atol=1e-11
+      clipped["decay_rate"][t - 1], 1e-2 * lr(t - 1), rtol=1e-5, atol=1e-11
     )
   assert 0 < clipped["clip_fraction"][0] <= 1
 
@@ -713,3 +722,112 @@ def test_tensorboard_example_writes_what_inspect_read(tmp_path):
     for tag, step, value in events:
       key = tag.removeprefix("optimizer/")
       assert history[key][step - 1] == pytest.approx(value, rel=1e-6, abs=1e-12)
+
+
+# --- a user's state declares what inspect reads --------------------------------
+
+
+@optaxtra.inspectable(
+  values={"count": "count", "gain": "gain"},
+  trees=["trace"],
+  derive=lambda s: {"gain_per_step": s.gain / jnp.maximum(s.count, 1)},
+)
+class _DeclaredState(NamedTuple):
+  count: jax.Array
+  gain: jax.Array
+  trace: Any  # params-shaped: its NamedTuple params' "count" is not a counter
+
+
+def _declared_tx(gain=2.0):
+  """A user's transformation: scales by ``gain`` and keeps a trace."""
+
+  def init(params):
+    zero = jax.tree.map(jnp.zeros_like, params)
+    return _DeclaredState(
+      jnp.zeros([], jnp.int32), jnp.asarray(gain, jnp.float32), zero
+    )
+
+  def update(updates, state, params=None):
+    del params
+    trace = jax.tree.map(lambda t, u: 0.5 * t + u, state.trace, updates)
+    new = _DeclaredState(optax.safe_increment(state.count), state.gain, trace)
+    return jax.tree.map(lambda u: state.gain * u, updates), new
+
+  return optax.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_a_declared_user_state_reports_its_values_and_derived_ones(jit):
+  params = _SCALAR  # NamedTuple params with a scalar field named count
+  tx = optax.chain(_declared_tx(), optaxtra.scale_by_learning_rate(0.1))
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+  info = (jax.jit(optaxtra.inspect) if jit else optaxtra.inspect)(state)
+  assert sorted(info) == ["1/count", "count", "gain", "gain_per_step", "learning_rate"]
+  assert int(info["count"]) == 3
+  np.testing.assert_allclose(info["gain"], 2.0)
+  np.testing.assert_allclose(info["gain_per_step"], 2.0 / 3)
+  # Undeclared, the same state would be read by convention: count only, and
+  # the trace's params' scalar "count" too (it cannot be told from a counter).
+  assert optaxtra.testing.check_transformation(_declared_tx(), _params()) is None
+
+
+def test_a_declared_stacked_state_reads_with_the_stacking_axis():
+  stacked = jax.vmap(lambda _: _declared_tx().init(_params()))(jnp.arange(3))
+  info = optaxtra.inspect(stacked)
+  assert sorted(info) == ["count", "gain", "gain_per_step"]
+  assert all(np.shape(v) == (3,) for v in info.values())
+
+
+def test_a_declaration_is_checked_when_made():
+  class S(NamedTuple):
+    count: jax.Array
+    mu: Any
+
+  with pytest.raises(ValueError, match=r"S has no field 'nu'.*\['count', 'mu'\]"):
+    optaxtra.inspectable(values=["count"], trees=["nu"])(S)
+  with pytest.raises(ValueError, match=r"'mu' of S is listed twice"):
+    optaxtra.inspectable(values=["mu"], trees=["mu"])(S)
+  with pytest.raises(TypeError, match=r"write values=\['count'\]"):
+    optaxtra.inspectable(values="count")
+  with pytest.raises(TypeError, match="not a NamedTuple or dataclass"):
+    optaxtra.inspectable(values=["count"])(dict)
+  with pytest.raises(TypeError, match="derive must be a function"):
+    optaxtra.inspectable(derive=3)
+
+
+def test_check_transformation_checks_what_a_state_declares():
+  @optaxtra.inspectable(values=["count", "trace"])  # trace is params-shaped
+  class Wrong(NamedTuple):
+    count: jax.Array
+    trace: Any
+
+  def init(params):
+    return Wrong(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    del params
+    return updates, Wrong(optax.safe_increment(state.count), state.trace)
+
+  tx = optax.GradientTransformation(init, update)
+  with pytest.raises(
+    AssertionError, match=r"declares 'trace' a value.*float32\[2\].*trees=\[\.\.\.\]"
+  ):
+    optaxtra.testing.check_transformation(tx, {"w": jnp.ones(2)})
+
+  @optaxtra.inspectable(values=["count"], derive=lambda s: {"half": s.trace})
+  class BadDerive(NamedTuple):
+    count: jax.Array
+    trace: Any
+
+  def init2(params):
+    return BadDerive(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update2(updates, state, params=None):
+    del params
+    return updates, BadDerive(optax.safe_increment(state.count), state.trace)
+
+  tx = optax.GradientTransformation(init2, update2)
+  with pytest.raises(AssertionError, match=r"derive returned 'half'"):
+    optaxtra.testing.check_transformation(tx, {"w": jnp.ones(2)})

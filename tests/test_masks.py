@@ -511,7 +511,7 @@ def test_optax_freeze_accepts_a_path_mask(jit):
 
 
 # ---------------------------------------------------------------------------
-# freeze
+# with_frozen (masks.freeze before 0.2)
 
 
 def test_freeze_forms_agree(jit):
@@ -521,7 +521,7 @@ def test_freeze_forms_agree(jit):
   bools = nest(BERT_NAMES, lambda n: bool(re.search(frozen_re, n)))
   results = []
   for frozen in [frozen_re, [frozen_re], masks.path_mask(include=frozen_re), bools]:
-    tx = masks.freeze(optax.sgd(1.0), frozen=frozen)
+    tx = optaxtra.with_frozen(optax.sgd(1.0), frozen=frozen)
     updates, _ = jit(tx.update)(grads, tx.init(params), params)
     results.append(leaves_by_path(updates))
   for r in results:
@@ -532,19 +532,37 @@ def test_freeze_forms_agree(jit):
 def test_freeze_nothing_trainable_and_bad_arguments():
   params = tree_params()
   with pytest.raises(ValueError, match=r"every parameter is frozen \(16 of 16\)"):
-    masks.freeze(optax.adam(1e-3), frozen="^(bert|cls)/").init(params)
+    optaxtra.with_frozen(optax.adam(1e-3), frozen="^(bert|cls)/").init(params)
   with pytest.raises(ValueError, match="include pattern 'encodr' matches no"):
-    masks.freeze(optax.adam(1e-3), frozen="encodr").init(params)
+    optaxtra.with_frozen(optax.adam(1e-3), frozen="encodr").init(params)
   with pytest.raises(
     TypeError, match=r"inner must be an optax\.GradientTransformation"
   ):
-    masks.freeze(lambda x: x, frozen="bert")
+    optaxtra.with_frozen(lambda x: x, frozen="bert")
   with pytest.raises(ValueError, match="frozen is empty"):
-    masks.freeze(optax.adam(1e-3), frozen=[])
+    optaxtra.with_frozen(optax.adam(1e-3), frozen=[])
   with pytest.raises(TypeError, match="got None"):
-    masks.freeze(optax.adam(1e-3), frozen=None)
+    optaxtra.with_frozen(optax.adam(1e-3), frozen=None)
   with pytest.raises(TypeError, match="mask leaves must be True or False"):
-    masks.freeze(optax.adam(1e-3), frozen={"bert": "yes", "cls": False}).init(params)
+    optaxtra.with_frozen(optax.adam(1e-3), frozen={"bert": "yes", "cls": False}).init(
+      params
+    )
+
+
+def test_masks_freeze_is_a_deprecated_alias_of_with_frozen(jit):
+  params = tree_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  with pytest.warns(DeprecationWarning, match=r"optaxtra\.with_frozen"):
+    old = masks.freeze(optax.adam(0.1), frozen="^bert/embeddings/")
+  new = optaxtra.with_frozen(optax.adam(0.1), frozen="^bert/embeddings/")
+  got, _ = jit(old.update)(grads, old.init(params), params)
+  want, _ = jit(new.update)(grads, new.init(params), params)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  with (
+    pytest.warns(DeprecationWarning),
+    pytest.raises(ValueError, match="with_frozen:"),
+  ):
+    masks.freeze(optax.adam(0.1), frozen="^(bert|cls)/").init(params)
 
 
 # ---------------------------------------------------------------------------
@@ -655,7 +673,11 @@ def small_tree():
     (lambda t: masks.path_labels({"k|": 1}, 2)(t), ValueError, r"'k\|' -> 1 matches"),
     (lambda t: masks.path_labels({"k": jnp.int32(1)}, 2), TypeError, "not hashable"),
     (lambda t: masks.path_labels({"k": 1}, {1, 2}), TypeError, "default .* hashable"),
-    (lambda t: masks.freeze(optax.sgd(1.0), frozen=("k", 3)), TypeError, "a str"),
+    (
+      lambda t: optaxtra.with_frozen(optax.sgd(1.0), frozen=("k", 3)),
+      TypeError,
+      "a str",
+    ),
     (lambda t: masks.min_ndim(2.0), TypeError, "min_ndim: n must be an int"),
     (lambda t: masks.min_ndim("2"), TypeError, "min_ndim: n must be an int"),
     (lambda t: masks.min_ndim(None), TypeError, "min_ndim: n must be an int"),
@@ -696,7 +718,7 @@ def test_inputs_that_compute_right(call, want):
 )
 def test_freeze_takes_a_set_of_patterns(frozen, jit):
   params = tree_params()
-  tx = masks.freeze(optax.sgd(1.0), frozen=frozen)
+  tx = optaxtra.with_frozen(optax.sgd(1.0), frozen=frozen)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = jit(tx.update)(grads, tx.init(params), params)
   for name, u in leaves_by_path(updates).items():

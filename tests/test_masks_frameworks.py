@@ -28,6 +28,7 @@ from test_masks import (
   linen_like_params,
 )
 
+import optaxtra
 from optaxtra import masks
 
 pytestmark = pytest.mark.heavy
@@ -319,7 +320,7 @@ def train(params, loss, tx, steps=3):
 @pytest.mark.parametrize("framework", ["linen", "haiku"])
 def test_freezing_a_subtree_leaves_it_bit_for_bit(framework):
   params, loss, frozen = model_setups()[framework]
-  tx = masks.freeze(optax.adam(0.05), frozen=frozen)
+  tx = optaxtra.with_frozen(optax.adam(0.05), frozen=frozen)
   new, state = train(params, loss, tx)
   old_leaves, new_leaves = leaves_by_path(params), leaves_by_path(new)
   for name in old_leaves:

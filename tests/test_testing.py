@@ -343,7 +343,8 @@ def test_inject_hyperparams_state_shares_no_buffer():
   tx = optax.inject_hyperparams(optaxtra.adamax_clipped)(learning_rate=_sched)
   params = _params()
   state = tx.init(params)
-  assert state.hyperparams["learning_rate"] is not state.inner_state[1].learning_rate
+  assert state.hyperparams["learning_rate"] is not state.inner_state.learning_rate
+  assert state.hyperparams["weight_decay"] is not state.inner_state.weight_decay
   check_transformation(tx, params)
   jax.jit(lambda s: tx.update(params, s, params), donate_argnums=0)(state)
 

@@ -76,8 +76,8 @@ def test_each_step_matches_reference(float_dtype, maybe_jit, weight_decay, sched
   fdt = jnp.result_type(float)
   rate = lambda n: ref.value(_np(weight_decay), n) * ref.value(_np(schedule), n)  # noqa: E731
   rtol_state = 1e-15 if fdt == jnp.float64 else 1e-6
-  assert state.weight_decay.dtype == fdt
-  np.testing.assert_allclose(float(state.weight_decay), rate(0), rtol=rtol_state)
+  assert state.decay_rate.dtype == fdt
+  np.testing.assert_allclose(float(state.decay_rate), rate(0), rtol=rtol_state)
   update = maybe_jit(tx.update)
   rtol = RTOL[float_dtype.name]
   for n, g in enumerate(_grads(float_dtype)):
@@ -94,7 +94,7 @@ def test_each_step_matches_reference(float_dtype, maybe_jit, weight_decay, sched
       _harness.assert_close(updates[k], want[k], rtol, scale[k], f"{n} {k}")
     np.testing.assert_array_equal(updates["s"], g["s"])  # unmasked: untouched
     assert int(state.count) == n + 1 and state.count.dtype == jnp.int32
-    np.testing.assert_allclose(float(state.weight_decay), rate(n), rtol=rtol_state)
+    np.testing.assert_allclose(float(state.decay_rate), rate(n), rtol=rtol_state)
     params = optax.apply_updates(params, updates)
 
 
@@ -106,9 +106,9 @@ def test_float64_rate_is_float64(x64):
     _, states, _ = _harness.run(tx, params, _grads(jnp.float64), jit=True)
     for n, s in enumerate(states[1:]):
       want = ref.value(_np(weight_decay), n) * ref.value(_np(schedule), n)
-      assert s.weight_decay.dtype == jnp.float64
-      np.testing.assert_allclose(float(s.weight_decay), want, rtol=1e-15)
-      assert abs(float(s.weight_decay) - float(np.float32(want))) > 1e-12 * want
+      assert s.decay_rate.dtype == jnp.float64
+      np.testing.assert_allclose(float(s.decay_rate), want, rtol=1e-15)
+      assert abs(float(s.decay_rate) - float(np.float32(want))) > 1e-12 * want
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_zero_weight_decay_is_the_identity():
   updates, state = tx.update(g, tx.init(params), params)
   for k in SHAPES:
     np.testing.assert_array_equal(updates[k], g[k])
-  assert float(state.weight_decay) == 0.0
+  assert float(state.decay_rate) == 0.0
 
 
 # --- Real systems: schedule=learning_rate -------------------------------------
@@ -362,7 +362,7 @@ def test_bert_adam_weight_decay_optimizer(tf):
       atol = STEP_RTOL32 * 3.2 * init_lr * (n + 1)
       _harness.assert_close(params[k], theirs, 1e-6, None, f"{n} {k}", atol=atol)
     np.testing.assert_allclose(float(state[1].learning_rate), lr_used, rtol=1e-6)
-    assert float(state[2].weight_decay) == pytest.approx(0.01 * lr_used, rel=1e-6)
+    assert float(state[2].decay_rate) == pytest.approx(0.01 * lr_used, rel=1e-6)
 
 
 # --- Real systems from their equations: schedule=lr/peak and schedule=None ---
@@ -396,7 +396,7 @@ def test_composer_and_loshchilov_hutter(x64, jit):
       _harness.assert_close(p[k], c[k], 1e-13, np.abs(c[k]) + peak, f"composer {n} {k}")
       _harness.assert_close(p[k], h[k], 1e-13, np.abs(h[k]) + peak, f"paper {n} {k}")
     rate = weight_decay * float(lr(n)) / peak
-    np.testing.assert_allclose(float(s[2].weight_decay), rate, rtol=1e-15)
+    np.testing.assert_allclose(float(s[2].decay_rate), rate, rtol=1e-15)
 
 
 def test_tf_addons_independent_coupling(x64):

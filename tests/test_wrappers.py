@@ -202,7 +202,10 @@ def test_multisteps_of_three_matches_the_mean_gradient(name):
       np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol
     )
   inner = s_multi.inner_opt_state
-  assert [int(s.count) for s in inner if hasattr(s, "count")] == [2] * len(inner)
+  stages = (
+    [inner] if hasattr(inner, "_fields") else list(inner)
+  )  # one state or a chain's
+  assert [int(s.count) for s in stages if hasattr(s, "count")] == [2] * len(stages)
 
 
 # ---------------------------------------------------------- apply_if_finite

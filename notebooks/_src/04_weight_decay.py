@@ -236,7 +236,7 @@ def applied_decay(tx):
   def step(state, _):
     w = {"w": jnp.ones(())}
     _, state = tx.update(jax.tree.map(jnp.zeros_like, w), state, w)
-    return state, optaxtra.inspect(state)["weight_decay"]
+    return state, optaxtra.inspect(state)["decay_rate"]
 
   return jax.lax.scan(step, tx.init({"w": jnp.ones(())}), length=steps)[1]
 

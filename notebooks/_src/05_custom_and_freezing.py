@@ -156,7 +156,7 @@ show_error(
 #
 # In JAX the split is explicit: `jax.grad` computes the gradients,
 # `tx.update` turns them into updates and `optax.apply_updates` applies them.
-# What trains is chosen by parameter name: `masks.freeze` gives the frozen
+# What trains is chosen by parameter name: `optaxtra.with_frozen` gives the frozen
 # parameters zero updates (and keeps no optimizer state for them), and
 # `masks.path_labels` with `optax.partition` gives each group its own
 # optimizer, e.g. its own learning rate.
@@ -186,8 +186,8 @@ def train(tx, steps=30):
 
 setups = {
   "all train": optax.sgd(0.1),
-  "w3 frozen (a constant)": masks.freeze(optax.sgd(0.1), frozen="w3"),
-  "only w2 (var_list=[w2])": masks.freeze(optax.sgd(0.1), frozen=["w1", "w3"]),
+  "w3 frozen (a constant)": optaxtra.with_frozen(optax.sgd(0.1), frozen="w3"),
+  "only w2 (var_list=[w2])": optaxtra.with_frozen(optax.sgd(0.1), frozen=["w1", "w3"]),
   "w1 at 10x the lr": optax.partition(
     {"fast": optax.sgd(0.1), "slow": optax.sgd(0.01)},
     masks.path_labels({"^w1$": "fast"}, default="slow"),
@@ -227,6 +227,6 @@ plt.show()
 # parameter is an error.
 
 # %%
-show_error(lambda: masks.freeze(optax.sgd(0.1), frozen="W3").init(start))
-show_error(lambda: masks.freeze(optax.sgd(0.1), frozen="w").init(start))
+show_error(lambda: optaxtra.with_frozen(optax.sgd(0.1), frozen="W3").init(start))
+show_error(lambda: optaxtra.with_frozen(optax.sgd(0.1), frozen="w").init(start))
 show_error(lambda: masks.path_labels({"^w1$": "fast"})(start))
