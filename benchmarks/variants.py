@@ -6,11 +6,14 @@ Everything here is benchmark code, not library code:
   schedule, decoupled decay, apply) written as one ``jnp`` expression per leaf,
   the "no library overhead" reference. ``diagnostics=True`` also counts the
   clipped entries, as optaxtra's state does.
+* ``optaxtra_chain_0_1``: ``optaxtra_tx()`` as optaxtra 0.1 built it, the
+  chain of ``scale_by_adamax_clipped``, ``scale_by_learning_rate`` and
+  ``add_decayed_weights_decoupled`` (three states, three counts).
 * ``optax_chain``: Optax's nearest chain, ``scale_by_adamax`` +
   ``add_decayed_weights`` + ``scale_by_learning_rate``.
 * ``fused_adamax_clipped`` (``--packing``): a prototype of
   ``optaxtra.adamax_clipped`` as ONE transformation computing the three stages
-  in a single pass per leaf, whose state has exactly the chain's structure.
+  in a single pass per leaf, whose state has exactly the 0.1 chain's structure.
   Options: ``diagnostics`` (count clipped entries or not) and ``pack_below``
   (concatenate the leaves with fewer entries than this into one buffer and
   update them together).
@@ -45,6 +48,28 @@ def optaxtra_tx(*, clip=True, bias_correction=False, track=False):
     bias_correction=bias_correction,
     track_clip_fraction=track,
     weight_decay=WEIGHT_DECAY,
+  )
+
+
+def optaxtra_chain_0_1(*, clip=True, bias_correction=False, track=False):
+  """``optaxtra_tx()`` as optaxtra 0.1 built it: a chain of its three stages.
+
+  ``optaxtra.adamax_clipped`` returned exactly this chain up to 0.1 (the
+  ``"learning_rate"`` coupling passes the schedule itself to the decay stage):
+  three states, each with its own count. Kept as a contender so that a fused
+  ``adamax_clipped`` is timed against it in the same run.
+  """
+  return optax.chain(
+    optaxtra.scale_by_adamax_clipped(
+      B1,
+      B2,
+      EPS,
+      clip=clip,
+      bias_correction=bias_correction,
+      track_clip_fraction=track,
+    ),
+    optaxtra.scale_by_learning_rate(schedule),
+    optaxtra.add_decayed_weights_decoupled(WEIGHT_DECAY, schedule=schedule),
   )
 
 
@@ -132,14 +157,14 @@ def hand_fused_init_diag(params):
 
 
 def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
-  """``optaxtra_tx()`` computed in one pass, with the chain's state structure.
+  """``optaxtra_tx()`` computed in one pass, with the 0.1 chain's state structure.
 
   Args:
     diagnostics: count the clipped entries into ``clip_fraction`` (else 0).
     pack_below: leaves with fewer entries than this are raveled, concatenated
       and updated as one buffer (0: no packing).
   """
-  reference = optaxtra_tx(track=diagnostics)
+  reference = optaxtra_chain_0_1(track=diagnostics)
   s1_cls = optaxtra.ScaleByAdamaxClippedState
   s2_cls = optaxtra.ScaleByLearningRateState
   s3_cls = optaxtra.AddDecayedWeightsDecoupledState
