@@ -229,7 +229,7 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
         clip_fraction=clip_fraction,
         bias_correction=jnp.ones([], jnp.float32),
       ),
-      s2_cls(optax.safe_increment(s2.count), lr),
+      s2_cls(optax.safe_increment(s2.count), lr, s2.scale),
       s3_cls(optax.safe_increment(s3.count), rate),
     )
     return treedef.unflatten(out_u), new_state

@@ -10,6 +10,7 @@ from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
 from optaxtra._alias import AdamaxClippedState, adamax_clipped
 from optaxtra._coupling import decay_schedule
+from optaxtra._describe import Description, describe
 from optaxtra._freeze import with_frozen
 from optaxtra._inspect import inspect
 from optaxtra._inspectable import inspectable
@@ -18,6 +19,14 @@ from optaxtra._learning_rate import (
   ScaleByScheduleState,
   scale_by_learning_rate,
   scale_by_schedule,
+)
+from optaxtra._lr_scale import set_learning_rate_scale
+from optaxtra._plateau import ReduceOnPlateauState, reduce_on_plateau
+from optaxtra._record_norm import RecordNormState, record_norm
+from optaxtra._scale_by_path import (
+  ScaleByPathState,
+  layerwise_lr_decay,
+  scale_by_path,
 )
 from optaxtra._weight_decay import (
   AddDecayedWeightsDecoupledState,
@@ -29,21 +38,31 @@ __version__ = "0.2.0.dev0"
 __all__ = [
   "AdamaxClippedState",
   "AddDecayedWeightsDecoupledState",
+  "Description",
+  "RecordNormState",
+  "ReduceOnPlateauState",
   "ScaleByAdamState",
   "ScaleByAdamaxClippedState",
   "ScaleByLearningRateState",
+  "ScaleByPathState",
   "ScaleByScheduleState",
   "adamax_clipped",
   "add_decayed_weights_decoupled",
   "decay_schedule",
+  "describe",
   "inspect",
   "inspectable",
+  "layerwise_lr_decay",
   "masks",
+  "record_norm",
+  "reduce_on_plateau",
   "scale_by_adam",
   "scale_by_adamax_clipped",
   "scale_by_learning_rate",
+  "scale_by_path",
   "scale_by_schedule",
   "schedules",
+  "set_learning_rate_scale",
   "testing",
   "with_frozen",
 ]

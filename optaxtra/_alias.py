@@ -23,9 +23,13 @@ from optaxtra._learning_rate import (
 from optaxtra._weight_decay import (
   AddDecayedWeightsDecoupledState,
   add_decayed_weights_decoupled,
+  check_rate,
+  decay_rate_fn,
+  decay_updates,
 )
 
 _FN = "adamax_clipped"
+_DECAY_FN = "add_decayed_weights_decoupled"  # messages name the stage computing
 
 
 def _effective(state: AdamaxClippedState) -> dict[str, Any]:
@@ -38,6 +42,7 @@ def _effective(state: AdamaxClippedState) -> dict[str, Any]:
   values=[
     "count",
     "learning_rate",
+    "learning_rate_scale",
     "weight_decay",
     "decay_rate",
     "clip_fraction",
@@ -58,12 +63,17 @@ class AdamaxClippedState(NamedTuple):
     count: int32 number of updates done so far (saturates at 2**31 - 1).
     mu: first moment of the clipped gradients.
     nu: running infinity norm of the clipped gradients.
-    learning_rate: the learning rate, ``learning_rate(t)``.
+    learning_rate: the learning rate used, ``learning_rate_scale *
+      learning_rate(t)``.
+    learning_rate_scale: float32 multiplier of the learning rate (and of a
+      decay coupled to it), 1.0 at init; set it with
+      :func:`optaxtra.set_learning_rate_scale` (no recompilation).
     weight_decay: the decay coefficient as given, ``weight_decay(t)``; None
       without decay (``weight_decay=0``).
     decay_rate: the share of each decayed weight removed,
       ``weight_decay(t) * coupling(t)`` (for the default coupling
-      ``weight_decay(t) * learning_rate(t)``); None without decay.
+      ``weight_decay(t) * learning_rate_scale * learning_rate(t)``); None
+      without decay.
     clip_fraction: with ``track_clip_fraction=True``, the share of gradient
       entries clipped; None otherwise.
     bias_correction: with ``bias_correction=True``, the factor
@@ -75,6 +85,7 @@ class AdamaxClippedState(NamedTuple):
   mu: optax.Updates
   nu: optax.Updates
   learning_rate: jax.Array
+  learning_rate_scale: jax.Array
   weight_decay: jax.Array | None
   decay_rate: jax.Array | None
   clip_fraction: jax.Array | None
@@ -155,7 +166,7 @@ def adamax_clipped(
     An :class:`optax.GradientTransformationExtraArgs` whose state is an
     :class:`optaxtra.AdamaxClippedState`, readable with
     :func:`optaxtra.inspect`: ``count``, ``learning_rate``,
-    ``effective_learning_rate``, and, where they apply, ``weight_decay`` (the
+    ``learning_rate_scale``, ``effective_learning_rate``, and, where they apply, ``weight_decay`` (the
     coefficient), ``decay_rate`` (the share of each weight removed),
     ``bias_correction`` and ``clip_fraction``. Its ``update`` needs the params
     when there is decay.
@@ -175,7 +186,7 @@ def adamax_clipped(
     (0.0001, 1e-06)
     >>> sorted(info)
     ['count', 'decay_rate', 'effective_learning_rate', 'learning_rate',
-     'weight_decay']
+     'learning_rate_scale', 'weight_decay']
 
   References:
     Freivalds & Liepins, `Improving the Neural GPU Architecture for Algorithm
@@ -206,6 +217,10 @@ def adamax_clipped(
   decay = add_decayed_weights_decoupled(
     weight_decay, schedule=schedule, mask=weight_decay_mask
   )
+  decay_rate = decay_rate_fn(_DECAY_FN, weight_decay, schedule)
+  # A decay coupled to the learning rate follows its scale, as in PyTorch,
+  # where the decay of AdamW is lr * weight_decay with the group's lr.
+  coupled = weight_decay_coupling != "independent"
   # No decay at all (a Python or NumPy 0, the default): no decay fields, and no
   # params needed by update. Any array counts as decay, so that the state of
   # optax.inject_hyperparams, which passes arrays, keeps one structure.
@@ -230,6 +245,7 @@ def adamax_clipped(
       mu=a.mu,
       nu=a.nu,
       learning_rate=lr.learning_rate,
+      learning_rate_scale=lr.scale,
       weight_decay=coefficient(a.count) if decays else None,
       decay_rate=d.decay_rate if d is not None else None,
       clip_fraction=a.clip_fraction,
@@ -256,20 +272,26 @@ def adamax_clipped(
     # Its optional fields are None, which optax.OptState does not spell.
     updates, new = adamax.update(updates, cast(Any, a))
     a = cast(ScaleByAdamaxClippedState, new)
+    scale = state.learning_rate_scale
     updates, new = lr_stage.update(
-      updates, ScaleByLearningRateState(count, state.learning_rate)
+      updates, ScaleByLearningRateState(count, state.learning_rate, scale)
     )
     lr = cast(ScaleByLearningRateState, new)
     rate = None
     if decays:
-      d = AddDecayedWeightsDecoupledState(count, state.decay_rate)
-      updates, new = decay.update(updates, d, params)
-      rate = cast(AddDecayedWeightsDecoupledState, new).decay_rate
+      _checks.check_updates_match(_DECAY_FN, updates, params, "params")
+      r = decay_rate(count)
+      if coupled:
+        r = r * scale.astype(r.dtype)  # 1.0 * r is r to the bit
+      check_rate(_DECAY_FN, r, count)
+      updates = decay_updates(_DECAY_FN, updates, params, r, weight_decay_mask)
+      rate = r.astype(fdt)
     return updates, AdamaxClippedState(
       count=a.count,
       mu=a.mu,
       nu=a.nu,
       learning_rate=lr.learning_rate,
+      learning_rate_scale=scale,
       weight_decay=coefficient(count),
       decay_rate=rate,
       clip_fraction=a.clip_fraction,

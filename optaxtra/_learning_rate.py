@@ -38,19 +38,29 @@ class ScaleByScheduleState(NamedTuple):
   step_size: jax.Array
 
 
-@inspectable(values=["count", "learning_rate"])
+@inspectable(
+  values={
+    "count": "count",
+    "learning_rate": "learning_rate",
+    "scale": "learning_rate_scale",
+  }
+)
 class ScaleByLearningRateState(NamedTuple):
   """State of :func:`optaxtra.scale_by_learning_rate`.
 
   Attributes:
     count: int32 number of updates done so far (saturates at 2**31 - 1).
-    learning_rate: the (positive) learning rate the most recent update used;
-      before the first update, the one the first update will use.
+    learning_rate: the (positive) learning rate the most recent update used,
+      ``scale * learning_rate(t)``; before the first update, the one the first
+      update will use.
+    scale: float32 multiplier of the learning rate, 1.0 at init; set it with
+      :func:`optaxtra.set_learning_rate_scale` (no recompilation).
   """
 
   # A NamedTuple field named like tuple.count, as in Optax's states.
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   learning_rate: jax.Array
+  scale: jax.Array
 
 
 def _scalar(fn: str, name: str, value: ArrayLike) -> jax.Array:
@@ -85,8 +95,10 @@ def _stage(
   state_cls: type,
   *,
   nonnegative: bool,
+  scaled: bool = False,
 ) -> optax.GradientTransformation:
-  """A stage that multiplies by ``sign * value_fn(count)`` and records it."""
+  """A stage that multiplies by ``sign * value_fn(count)`` and records it;
+  ``scaled`` also multiplies by the state's ``scale``."""
   fdt = _checks.default_float()
 
   def init_fn(params):
@@ -97,16 +109,24 @@ def _stage(
       _check_nonnegative(fn, name, value, 0)
     # A copy: under inject_hyperparams value may be the hyperparams' own array,
     # and two state leaves sharing one buffer cannot both be donated.
-    return state_cls(count, jnp.array(value, fdt, copy=True))
+    recorded = jnp.array(value, fdt, copy=True)
+    if scaled:
+      return state_cls(count, recorded, jnp.ones([], jnp.float32))
+    return state_cls(count, recorded)
 
   def update_fn(updates, state, params=None):
     del params
     _checks.check_state(fn, state, state_cls)
     _checks.check_float_updates(fn, updates, complex_ok=True)
     value = _scalar(fn, name, value_fn(state.count))
+    extra = ()
+    if scaled:
+      # 1.0 * x is x to the bit: with the scale at 1 nothing changes.
+      value = value * state.scale.astype(value.dtype)
+      extra = (state.scale,)
     factor = value if sign == 1 else -value
     return _scale(updates, factor), state_cls(
-      safe_increment(state.count), value.astype(fdt)
+      safe_increment(state.count), value.astype(fdt), *extra
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -166,8 +186,11 @@ def scale_by_learning_rate(
   """Scales updates by the (negative) learning rate, a constant or a schedule.
 
   As :func:`optax.scale_by_learning_rate`: the ``n``-th update (counting from 0)
-  is multiplied by ``-learning_rate(n)`` (``+`` with ``flip_sign=False``). The
-  state records the learning rate the last update used, positive, as
+  is multiplied by ``-scale * learning_rate(n)`` (``+`` with
+  ``flip_sign=False``), where ``scale`` is a float32 in the state, 1.0 unless
+  set with :func:`optaxtra.set_learning_rate_scale`, which changes the learning
+  rate mid-run without recompiling the step. The state records the learning
+  rate the last update used, positive and scale included, as
   ``learning_rate``; before the first update it holds the one the first update
   will use. A float learning rate works under :func:`optax.inject_hyperparams`,
   traced or not.
@@ -222,5 +245,11 @@ def scale_by_learning_rate(
 
   sign = -1.0 if flip_sign else 1.0
   return _stage(
-    fn, "learning_rate", value_fn, sign, ScaleByLearningRateState, nonnegative=True
+    fn,
+    "learning_rate",
+    value_fn,
+    sign,
+    ScaleByLearningRateState,
+    nonnegative=True,
+    scaled=True,
   )

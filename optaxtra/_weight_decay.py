@@ -42,6 +42,57 @@ def _value(v: ScalarOrSchedule | None, count: jax.Array) -> Any:
   return v(count) if callable(v) else v
 
 
+def decay_rate_fn(
+  fn: str, weight_decay: ScalarOrSchedule, schedule: ScalarOrSchedule | None
+) -> Callable[[jax.Array], jax.Array]:
+  """``count -> weight_decay(count) * schedule(count)``, a floating scalar."""
+  fdt = _checks.default_float()
+
+  def rate(count):
+    wd = _checks.schedule_output(fn, "weight_decay", _value(weight_decay, count))
+    sc = _checks.schedule_output(fn, "schedule", _value(schedule, count))
+    r = wd * sc
+    if not jnp.issubdtype(r.dtype, jnp.floating):
+      r = r.astype(fdt)
+    return r
+
+  return rate
+
+
+def check_rate(fn: str, r: jax.Array, count: jax.Array) -> None:
+  """Raises for a concrete per-step rate outside [0, 1)."""
+  if _checks.is_traced(r) or 0 <= float(r) < 1:
+    return
+  at = "" if _checks.is_traced(count) else f" at step {int(count)}"
+  raise ValueError(
+    f"{fn}: weight_decay * schedule is {float(r)!r}{at}; it must be in [0, 1) "
+    "(1 zeroes the weights, more flips their sign). Check the schedules' "
+    "values at that step."
+  )
+
+
+def decay_updates(fn: str, updates: Any, params: Any, r: jax.Array, mask: Any) -> Any:
+  """``updates - r * params`` on the leaves ``mask`` selects (all for None)."""
+  flags = (
+    resolve_mask(fn, mask, params)
+    if mask is not None
+    else [True] * len(jax.tree.leaves(params))
+  )
+
+  def leaf(u, p):
+    dt = compute_dtype(u, p, r)
+    return (u.astype(dt) - r.astype(dt) * p.astype(dt)).astype(u.dtype)
+
+  treedef = jax.tree.structure(params)
+  out = [
+    leaf(u, p) if f else u
+    for u, p, f in zip(
+      jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
+    )
+  ]
+  return treedef.unflatten(out)
+
+
 def add_decayed_weights_decoupled(
   weight_decay: ScalarOrSchedule,
   *,
@@ -127,13 +178,7 @@ def add_decayed_weights_decoupled(
     and _checks.concrete_scalar(weight_decay) == 0.0
   )
 
-  def rate(count):
-    wd = _checks.schedule_output(_FN, "weight_decay", _value(weight_decay, count))
-    sc = _checks.schedule_output(_FN, "schedule", _value(schedule, count))
-    r = wd * sc
-    if not jnp.issubdtype(r.dtype, jnp.floating):
-      r = r.astype(fdt)
-    return r
+  rate = decay_rate_fn(_FN, weight_decay, schedule)
 
   def init_fn(params):
     # optax.tree_map_params calls init with a leafless placeholder: no mask
@@ -167,34 +212,12 @@ def add_decayed_weights_decoupled(
       complex_ok=True,
     )
     r = rate(state.count)
-    if not _checks.is_traced(r) and not 0 <= float(r) < 1:
-      raise ValueError(
-        f"{_FN}: weight_decay * schedule is {float(r)!r} at step "
-        f"{int(state.count)}; it must be in [0, 1) (1 zeroes the weights, more "
-        "flips their sign). Check the schedules' values at that step."
-      )
+    check_rate(_FN, r, state.count)
     new_state = AddDecayedWeightsDecoupledState(
       safe_increment(state.count), r.astype(fdt)
     )
     if zero:
       return updates, new_state
-    flags = (
-      resolve_mask(_FN, mask, params)
-      if mask is not None
-      else [True] * len(jax.tree.leaves(params))
-    )
-
-    def leaf(u, p):
-      dt = compute_dtype(u, p, r)
-      return (u.astype(dt) - r.astype(dt) * p.astype(dt)).astype(u.dtype)
-
-    treedef = jax.tree.structure(params)
-    out = [
-      leaf(u, p) if f else u
-      for u, p, f in zip(
-        jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
-      )
-    ]
-    return treedef.unflatten(out), new_state
+    return decay_updates(_FN, updates, params, r, mask), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

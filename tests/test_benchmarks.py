@@ -87,10 +87,11 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path):
     "optax-chain",
     "torch-AdamW",
   }
-  # optaxtra's state: count, mu, nu, lr, decay coefficient, decay rate; the
-  # 0.1 chain's: count, mu, nu, bias factor | count, lr | count, rate.
-  assert fixed["optaxtra"]["state_leaves"] == 6
-  assert fixed["optaxtra-chain-0.1"]["state_leaves"] == 8
+  # optaxtra's state: count, mu, nu, lr, lr scale, decay coefficient, decay
+  # rate; the 0.1 chain's: count, mu, nu, bias factor | count, lr, lr scale |
+  # count, rate.
+  assert fixed["optaxtra"]["state_leaves"] == 7
+  assert fixed["optaxtra-chain-0.1"]["state_leaves"] == 9
   assert fixed["optax-chain"]["state_leaves"] == 4
   one = res["one_leaf"]["1000"]["rows"]
   assert one["optaxtra"]["kernels"]["array_fusions"] == 3  # one pass per array

@@ -34,6 +34,7 @@ ALIAS_KEYS = [
   "decay_rate",
   "effective_learning_rate",
   "learning_rate",
+  "learning_rate_scale",
   "weight_decay",
 ]
 # Without decay there is no decay to report.
@@ -764,7 +765,14 @@ def test_a_declared_user_state_reports_its_values_and_derived_ones(jit):
   for _ in range(3):
     _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
   info = (jax.jit(optaxtra.inspect) if jit else optaxtra.inspect)(state)
-  assert sorted(info) == ["1/count", "count", "gain", "gain_per_step", "learning_rate"]
+  assert sorted(info) == [
+    "1/count",
+    "count",
+    "gain",
+    "gain_per_step",
+    "learning_rate",
+    "learning_rate_scale",
+  ]
   assert int(info["count"]) == 3
   np.testing.assert_allclose(info["gain"], 2.0)
   np.testing.assert_allclose(info["gain_per_step"], 2.0 / 3)

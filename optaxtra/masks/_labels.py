@@ -37,14 +37,23 @@ def _check_label(fn: str, where: str, label: Any) -> None:
 class _PathLabels(_Cached):
   """The callable returned by :func:`path_labels`."""
 
-  def __init__(self, rules, default, strict):
+  def __init__(
+    self,
+    rules,
+    default,
+    strict,
+    fn="path_labels",
+    hint="default=<label> (e.g. default='trainable')",
+  ):
     super().__init__()
+    self.fn = fn
+    self.hint = hint
     self.rules = rules
     self.default = default
     self.strict = strict
 
   def __call__(self, params: Any) -> Any:
-    return self._lookup("path_labels", params)
+    return self._lookup(self.fn, params)
 
   def _compute(self, entries, tree):
     winners = []
@@ -57,7 +66,7 @@ class _PathLabels(_Cached):
       for rx, label in self.rules:
         if _matches_everything(rx, all_paths):
           raise ValueError(
-            f"path_labels: rule {rx.pattern!r} -> {label!r} matches the empty "
+            f"{self.fn}: rule {rx.pattern!r} -> {label!r} matches the empty "
             f"string, so it matches every path ({show(all_paths, 3)}): it takes "
             "every parameter no earlier rule took. An empty alternative ('bias|', "
             "e.g. from '|'.join of a list ending in '') or a pattern that may "
@@ -70,7 +79,7 @@ class _PathLabels(_Cached):
         matched = [p for p in all_paths if rx.search(p)]
         if not matched:
           raise _no_match(
-            "path_labels", f"rule {rx.pattern!r} -> {label!r}", rx, all_paths, tree
+            self.fn, f"rule {rx.pattern!r} -> {label!r}", rx, all_paths, tree
           )
         earlier = sorted(
           {
@@ -80,7 +89,7 @@ class _PathLabels(_Cached):
           }
         )
         raise ValueError(
-          f"path_labels: rule {rx.pattern!r} -> {label!r} labels nothing: every "
+          f"{self.fn}: rule {rx.pattern!r} -> {label!r} labels nothing: every "
           f"path it matches ({show(matched, 3)}) is taken first by the earlier "
           f"rule(s) {', '.join(repr(e) for e in earlier)} (the first matching rule "
           "wins). Move it up, or pass strict=False."
@@ -92,9 +101,9 @@ class _PathLabels(_Cached):
     ]
     if unmatched and self.default is None:
       raise ValueError(
-        f"path_labels: {len(unmatched)} parameter path(s) match no rule and there "
+        f"{self.fn}: {len(unmatched)} parameter path(s) match no rule and there "
         f"is no default: {show(unmatched, 10)}. Add a rule for them, or pass "
-        "default=<label> (e.g. default='trainable'); the rules were "
+        f"{self.hint}; the rules were "
         f"{[rx.pattern for rx, _ in self.rules]}."
       )
     return [self.default if w is None else self.rules[w][1] for w in winners]
