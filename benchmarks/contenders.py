@@ -23,6 +23,8 @@ PACK_BELOW = 1 << 16
 ONE_LEAF = [
   "optaxtra",
   "optaxtra+track",
+  "optaxtra+norm",
+  "optaxtra+average",
   "hand-fused",
   "hand-fused+count",
   "hand-fused-naive",
@@ -186,6 +188,8 @@ def jax_makers(include):
     "optaxtra": lambda: tx(V.optaxtra_tx())(),
     "optaxtra-chain-0.1": lambda: tx(V.optaxtra_chain_0_1())(),
     "optaxtra+track": lambda: tx(V.optaxtra_tx(track=True))(),
+    "optaxtra+norm": lambda: tx(V.optaxtra_norm_tx())(),
+    "optaxtra+average": lambda: tx(V.optaxtra_average_tx())(),
     "hand-fused": lambda: (V.hand_fused_step(False), V.hand_fused_init),
     "hand-fused+count": lambda: (V.hand_fused_step(True), V.hand_fused_init_diag),
     "hand-fused-naive": lambda: (

@@ -195,6 +195,22 @@ def markdown(res) -> str:
         1 - 1 / d_pr,
         0.05,
       )
+    d_norm = _ratio(rows, "optaxtra+norm", "optaxtra")
+    if d_norm is not None:
+      target(
+        f"record_norm share of the optaxtra+norm step, n={int(s):.0e}",
+        1 - 1 / d_norm,
+        0.10,
+      )
+    d_avg = _ratio(rows, "optaxtra+average", "optaxtra")
+    if d_avg is not None:
+      # The step reads params, grads, mu, nu and writes params, mu, nu: 7
+      # arrays; the average adds one read and one write: 9 / 7 at best.
+      target(
+        f"optaxtra+average / optaxtra (memory bound: 9/7 = 1.29), n={int(s):.0e}",
+        d_avg,
+        9 / 7 * 1.10,
+      )
     if gpu and int(s) >= 100_000_000 and "optaxtra" in rows:
       target(
         f"1 - optaxtra bandwidth / roofline, n={int(s):.0e}",

@@ -51,6 +51,16 @@ def optaxtra_tx(*, clip=True, bias_correction=False, track=False):
   )
 
 
+def optaxtra_norm_tx():
+  """``optaxtra_tx()`` with ``record_norm()`` first: the gradient norm logged."""
+  return optax.chain(optaxtra.record_norm(), optaxtra_tx())
+
+
+def optaxtra_average_tx():
+  """``optaxtra_tx()`` with ``average_params(0.999)`` last: an EMA of the weights."""
+  return optax.chain(optaxtra_tx(), optaxtra.average_params(0.999))
+
+
 def optaxtra_chain_0_1(*, clip=True, bias_correction=False, track=False):
   """``optaxtra_tx()`` as optaxtra 0.1 built it: a chain of its three stages.
 

@@ -9,6 +9,9 @@ from optaxtra import masks, schedules, testing
 from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
 from optaxtra._alias import AdamaxClippedState, adamax_clipped
+from optaxtra._average import AverageParamsState, average_params
+from optaxtra._average_decay import ema_from_first_update, ema_warmup, polyak
+from optaxtra._averaged import averaged_params
 from optaxtra._coupling import decay_schedule
 from optaxtra._describe import Description, describe
 from optaxtra._freeze import with_frozen
@@ -38,6 +41,7 @@ __version__ = "0.2.0.dev0"
 __all__ = [
   "AdamaxClippedState",
   "AddDecayedWeightsDecoupledState",
+  "AverageParamsState",
   "Description",
   "RecordNormState",
   "ReduceOnPlateauState",
@@ -48,12 +52,17 @@ __all__ = [
   "ScaleByScheduleState",
   "adamax_clipped",
   "add_decayed_weights_decoupled",
+  "average_params",
+  "averaged_params",
   "decay_schedule",
   "describe",
+  "ema_from_first_update",
+  "ema_warmup",
   "inspect",
   "inspectable",
   "layerwise_lr_decay",
   "masks",
+  "polyak",
   "record_norm",
   "reduce_on_plateau",
   "scale_by_adam",

@@ -166,10 +166,10 @@ def adamax_clipped(
     An :class:`optax.GradientTransformationExtraArgs` whose state is an
     :class:`optaxtra.AdamaxClippedState`, readable with
     :func:`optaxtra.inspect`: ``count``, ``learning_rate``,
-    ``learning_rate_scale``, ``effective_learning_rate``, and, where they apply, ``weight_decay`` (the
-    coefficient), ``decay_rate`` (the share of each weight removed),
-    ``bias_correction`` and ``clip_fraction``. Its ``update`` needs the params
-    when there is decay.
+    ``learning_rate_scale``, ``effective_learning_rate``, and, where they
+    apply, ``weight_decay`` (the coefficient), ``decay_rate`` (the share of
+    each weight removed), ``bias_correction`` and ``clip_fraction``. Its
+    ``update`` needs the params when there is decay.
 
   Examples:
     >>> import jax, jax.numpy as jnp

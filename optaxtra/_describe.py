@@ -15,13 +15,15 @@ from optaxtra._scale_by_path import ScaleByPathState
 
 _FN = "describe"
 _PROBE_STEPS = 3
-_COLUMNS = (
+# The table's headers, for the rows' keys path, shape, dtype, trainable,
+# weight_decay, lr_multiplier, group, state_bytes.
+_HEADERS = (
   "path",
   "shape",
   "dtype",
   "trainable",
-  "weight_decay",
-  "lr_multiplier",
+  "decay",
+  "lr_mult",
   "group",
   "state_bytes",
 )
@@ -35,7 +37,7 @@ class Description:
   rows: list[dict[str, Any]]
 
   def __str__(self) -> str:
-    cells = [list(_COLUMNS)]
+    cells: list[list[str]] = [list(_HEADERS)]
     for r in self.rows:
       cells.append(
         [
@@ -49,12 +51,12 @@ class Description:
           f"{r['state_bytes']:,}",
         ]
       )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    right = {"lr_multiplier", "state_bytes"}
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_HEADERS))]
+    right = {"lr_mult", "state_bytes"}
     lines = []
     for n, row in enumerate(cells):
       parts = [
-        c.rjust(w) if _COLUMNS[i] in right else c.ljust(w)
+        c.rjust(w) if _HEADERS[i] in right else c.ljust(w)
         for i, (c, w) in enumerate(zip(row, widths, strict=True))
       ]
       lines.append("  ".join(parts).rstrip())
@@ -92,7 +94,7 @@ def _run(tx: Any, params: Any, grads_fill: str, params_fill: str) -> list[bool]:
       updates, state = update(g, state, p)
       for i, u in enumerate(jax.tree.leaves(updates)):
         moved[i] = moved[i] or bool(np.any(np.asarray(u) != 0))
-  except Exception as e:  # noqa: BLE001  (reported with its cause)
+  except Exception as e:
     raise ValueError(
       f"{_FN}: could not run the optimizer on stand-ins of the params (size-1 "
       f"arrays of each leaf's ndim and dtype): {type(e).__name__}: {e}. "
@@ -277,11 +279,11 @@ def describe(tx: optax.GradientTransformation, params: Any) -> Description:
     ...         weight_decay_mask=optaxtra.masks.path_mask(exclude=["bias"])),
     ...     frozen="^embed")
     >>> print(optaxtra.describe(tx, params))
-    path          shape  dtype    trainable  weight_decay  lr_multiplier  group      state_bytes
-    ------------  -----  -------  ---------  ------------  -------------  ---------  -----------
-    dense/bias    4      float32  yes        -                         1  trainable           32
-    dense/kernel  4x4    float32  yes        yes                       1  trainable          128
-    embed         10x4   float32  FROZEN     -                         1  frozen               0
+    path          shape  dtype    trainable  decay  lr_mult  group      state_bytes
+    ------------  -----  -------  ---------  -----  -------  ---------  -----------
+    dense/bias    4      float32  yes        -            1  trainable           32
+    dense/kernel  4x4    float32  yes        yes          1  trainable          128
+    embed         10x4   float32  FROZEN     -            1  frozen               0
   """
   leaves_with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
   if not leaves_with_paths:

@@ -135,8 +135,8 @@ def test_the_table_and_the_refusals():
     "shape",
     "dtype",
     "trainable",
-    "weight_decay",
-    "lr_multiplier",
+    "decay",
+    "lr_mult",
     "group",
     "state_bytes",
   ]
