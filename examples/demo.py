@@ -1,10 +1,11 @@
 """optaxtra's main demonstration: a small MLP on scikit-learn's digits.
 
-Trains with the Neural-GPU clipped Adamax (seed 001), a warmup + cosine
-learning-rate schedule counted in epochs (seed 003), decoupled weight decay that
-skips biases by name (seeds 002 and 004), and prints, each epoch, what the
-optimizer did as read back from its state (seed 000): the learning rate it
-used, the decay rate it applied and the share of gradient entries it clipped.
+Trains with the Neural-GPU clipped Adamax (Freivalds & Liepins 2017), a warmup +
+cosine learning-rate schedule counted in epochs (not in steps, which a Keras
+schedule counts), decoupled weight decay that skips biases by name (as BERT's
+optimizer does), and prints, each epoch, what the optimizer did as read back
+from its state (which TensorFlow kept in private attributes): the learning rate
+it used, the decay rate it applied and the share of gradient entries it clipped.
 
 Run:  python examples/demo.py [--epochs N]
 The data ship with scikit-learn: no download.

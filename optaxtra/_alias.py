@@ -252,7 +252,8 @@ def adamax_clipped(
       bias_correction=a.bias_correction if bias_correction else None,
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # e.g. value=loss for a reduce_on_plateau later in a chain
     _checks.check_state(_FN, state, AdamaxClippedState)
     if decays and params is None:
       raise ValueError(

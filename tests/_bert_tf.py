@@ -1,5 +1,5 @@
 """BERT's ``create_optimizer`` learning rate, shared by the schedule and
-optimizer tests: the seed-004 TF1 code line for line, with TF ops."""
+optimizer tests: google-research/bert's TF1 code line for line, with TF ops."""
 
 from __future__ import annotations
 

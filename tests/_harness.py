@@ -1,7 +1,7 @@
 """Checks every optaxtra transformation must pass, shared by the core tests.
 
-Each helper runs a transformation and asserts one property of the contract in
-DESIGN.md: updates keep the gradients' dtype; the state keeps its structure,
+Each helper runs a transformation and asserts one property of the library's
+contract: updates keep the gradients' dtype; the state keeps its structure,
 shapes and dtypes (so ``lax.scan`` works and a second jitted update does not
 recompile); ``count`` is int32 and saturates; ``optax.inject_hyperparams``
 gives the same results, with the hyperparameters traced under ``jax.jit``.

@@ -1,8 +1,8 @@
 """Independent float64 NumPy references of the equations optaxtra implements.
 
-Written from the papers and the seed code, never by calling optaxtra (nor
+Written from the papers and the original code, never by calling optaxtra (nor
 JAX): Kingma & Ba 2015 (Adam, Algorithm 1; Adamax, Algorithm 2), Freivalds &
-Liepins 2017 and its ``AdamaxOptimizer._apply_dense`` (seed 001), Loshchilov &
+Liepins 2017 and its TensorFlow ``AdamaxOptimizer._apply_dense``, Loshchilov &
 Hutter 2019 (AdamW, Algorithm 2) and Composer's ``DecoupledAdamW.adamw``.
 
 Arrays are float64; a tree is a flat ``dict`` name -> array. ``t`` is the
@@ -86,7 +86,7 @@ def adamax_clipped_step(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
   """One step on one array: ``(update, mu, nu, number of entries clipped)``.
 
-  Seed 001: ``clipVal = v * clip_multiplier + clip_epsilon``, ``grad =
+  The Neural-GPU code: ``clipVal = v * clip_multiplier + clip_epsilon``, ``grad =
   clip_by_value(grad, -clipVal, clipVal)``, ``m = b1 m + (1 - b1) grad``,
   ``v = max(b2 v, |grad|)``, step ``m / (v + eps)`` (no bias correction).
   """
@@ -169,7 +169,7 @@ def adam_step(
   ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``, step
   ``m_hat / (sqrt(v_hat + eps_root) + eps)`` with ``m_hat = m / (1 - b1**t)``
   and ``v_hat = v / (1 - b2**t)``, or the raw moments without bias correction
-  (BERT's ``AdamWeightDecayOptimizer``, seed 004).
+  (BERT's ``AdamWeightDecayOptimizer``).
   """
   g, mu, nu = f64(g), f64(mu), f64(nu)
   mu = b1 * mu + (1.0 - b1) * g

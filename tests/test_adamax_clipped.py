@@ -47,13 +47,13 @@ def _reference(grads, **hyper):
 
 
 _OPTIONS = {
-  "seed": {},
+  "neural_gpu": {},
   "bias_correction": {"bias_correction": True},
   "no_clip": {"clip": False},
   "no_clip_bias_correction": {"clip": False, "bias_correction": True},
 }
-# Eager runs (slow, op by op) cover the seed's defaults and the Optax variant.
-_EAGER = ("seed", "no_clip_bias_correction")
+# Eager runs (slow, op by op) cover the Neural-GPU defaults and the Optax variant.
+_EAGER = ("neural_gpu", "no_clip_bias_correction")
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_moment_dtypes(params_dtype, mu_dtype, nu_dtype):
 
 
 def test_first_step_is_clipped_to_clip_epsilon():
-  """With nu = 0 the first step's bound is clip_epsilon (the seed's behaviour)."""
+  """With nu = 0 the first step's bound is clip_epsilon (the Neural-GPU code's)."""
   tx = _tracked_scale_by_adamax_clipped()
   g = jnp.array([3.0, -1e-3, 5e-5, -5e-5, 0.0])
   updates, state = tx.update(g, tx.init(jnp.zeros(5)))

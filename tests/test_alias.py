@@ -1,10 +1,10 @@
-"""adamax_clipped: the whole optimizer against its reference and seed 001's code.
+"""adamax_clipped: the whole optimizer against its reference and the original code.
 
-Seed 001's TensorFlow ``AdamaxOptimizer._apply_dense`` is ported below,
-operation for operation, to TF2 eager ops on ``tf.Variable``s, and run side by
-side with ``optaxtra.adamax_clipped`` on the same gradients, and on a real
-model (softmax regression on scikit-learn's digits) where each framework
-computes its own gradients.
+The TensorFlow ``AdamaxOptimizer._apply_dense`` of the Neural GPU (Freivalds &
+Liepins' clipped Adamax) is ported below, operation for operation, to TF2 eager
+ops on ``tf.Variable``s, and run side by side with ``optaxtra.adamax_clipped``
+on the same gradients, and on a real model (softmax regression on
+scikit-learn's digits) where each framework computes its own gradients.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _np(schedule):
 
 # (optimizer kwargs, reference decay schedule) for each coupling.
 CASES = {
-  "seed": ({}, None),
+  "neural_gpu": ({}, None),
   "learning_rate": ({"weight_decay": 0.05, "weight_decay_mask": MASK}, _lr),
   "normalized": (
     {
@@ -125,7 +125,7 @@ def test_trajectory_matches_reference(case, dtype, rtol, request):
     assert any(w["clip_fraction"] > 0 for w in want[1:])
 
 
-@pytest.mark.parametrize("case", ["seed", "learning_rate"])
+@pytest.mark.parametrize("case", ["neural_gpu", "learning_rate"])
 def test_eager_matches_jit(case):
   kwargs, _ = CASES[case]
   tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)
@@ -137,7 +137,7 @@ def test_eager_matches_jit(case):
       _harness.assert_close(a[k], b[k], 1e-6, None, f"{n} {k}", atol=1e-8)
 
 
-@pytest.mark.parametrize("case", ["seed", "learning_rate", "normalized"])
+@pytest.mark.parametrize("case", ["neural_gpu", "learning_rate", "normalized"])
 def test_bfloat16_each_step(case):
   """bfloat16 params and moments: each step from the optimizer's own state."""
   kwargs, decay_schedule = CASES[case]
@@ -167,11 +167,11 @@ def test_bfloat16_each_step(case):
     state = new_state
 
 
-# --- Seed 001: the TensorFlow AdamaxOptimizer --------------------------------
+# --- The Neural-GPU TensorFlow AdamaxOptimizer ------------------------------
 
 
-class SeedAdamaxOptimizer:
-  """Seed 001's ``AdamaxOptimizer``: ``_prepare`` and ``_apply_dense``, in TF2 eager.
+class NeuralGpuAdamaxOptimizer:
+  """The Neural-GPU ``AdamaxOptimizer``: ``_prepare``, ``_apply_dense``, in TF2 eager.
 
   As in the original, hyperparameters go through ``ops.convert_to_tensor``
   (float32 for Python floats) and are then cast to the variable's dtype.
@@ -236,7 +236,7 @@ class SeedAdamaxOptimizer:
       self._apply_dense(grad, var)
 
 
-# float32-exact hyperparameters: the seed rounds every hyperparameter through
+# float32-exact hyperparameters: the TF code rounds every hyperparameter through
 # float32 (convert_to_tensor) even for float64 variables.
 EXACT32 = {
   "learning_rate": 2**-7,
@@ -257,7 +257,7 @@ EXACT32 = {
   ],
   ids=["float32-defaults", "float32-exact", "float64-exact"],
 )
-def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
+def test_neural_gpu_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
   """Whole parameter trajectories on the same gradients, 20 steps."""
   if dtype == "float64":
     request.getfixturevalue("x64")
@@ -274,7 +274,7 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
     "clip_multiplier": hyper.get("clip_multiplier", 1.2),
     "clip_epsilon": hyper.get("clip_epsilon", 1e-4),
   }
-  seed = SeedAdamaxOptimizer(tf, **tf_hyper)
+  tf_opt = NeuralGpuAdamaxOptimizer(tf, **tf_hyper)
   variables = {k: tf.Variable(np.asarray(v)) for k, v in params.items()}
   tx = _tracked_adamax_clipped(**{"learning_rate": 0.001, **hyper})
   state = tx.init(params)
@@ -282,7 +282,7 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
   lr = tf_hyper["learning_rate"]
   clipped_later = False
   for n, g in enumerate(grads):
-    seed.apply_gradients(
+    tf_opt.apply_gradients(
       [(tf.constant(np.asarray(g[k])), variables[k]) for k in shapes]
     )
     updates, state = update(g, state, params)
@@ -294,15 +294,15 @@ def test_seed_001_tensorflow_optimizer(dtype, hyper, rtol, request, tf):
       _harness.assert_close(
         params[k], theirs, rtol, None, f"{n} {k}", atol=rtol * lr * (n + 1)
       )
-      mu_seed = seed.get_slot(variables[k], "m").numpy()
-      nu_seed = seed.get_slot(variables[k], "v").numpy()
+      mu_tf = tf_opt.get_slot(variables[k], "m").numpy()
+      nu_tf = tf_opt.get_slot(variables[k], "v").numpy()
       # m = b1 m + (1 - b1) g cancels; its terms are bounded by v >= |g|.
-      _harness.assert_close(state.mu[k], mu_seed, rtol, nu_seed, f"m {n} {k}")
-      _harness.assert_close(state.nu[k], nu_seed, rtol, None, f"v {n} {k}")
+      _harness.assert_close(state.mu[k], mu_tf, rtol, nu_tf, f"m {n} {k}")
+      _harness.assert_close(state.nu[k], nu_tf, rtol, None, f"v {n} {k}")
   assert clipped_later
 
 
-def test_seed_001_on_digits_with_own_gradients(x64, tf):
+def test_neural_gpu_on_digits_with_own_gradients(x64, tf):
   """Softmax regression on scikit-learn's digits, each side taking its own gradients."""
   datasets = need("sklearn.datasets")
   x, y = datasets.load_digits(return_X_y=True)
@@ -325,7 +325,7 @@ def test_seed_001_on_digits_with_own_gradients(x64, tf):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  seed = SeedAdamaxOptimizer(
+  tf_opt = NeuralGpuAdamaxOptimizer(
     tf,
     learning_rate=EXACT32["learning_rate"],
     beta1=EXACT32["b1"],
@@ -342,7 +342,7 @@ def test_seed_001_on_digits_with_own_gradients(x64, tf):
       logits = xt @ variables["kernel"] + variables["bias"]
       tf_loss = -tf.reduce_mean(tf.reduce_sum(yt * tf.nn.log_softmax(logits), axis=-1))
     tf_grads = tape.gradient(tf_loss, [variables["kernel"], variables["bias"]])
-    seed.apply_gradients(
+    tf_opt.apply_gradients(
       zip(tf_grads, [variables["kernel"], variables["bias"]], strict=True)
     )
     params, state = step(params, state)
@@ -447,7 +447,7 @@ def test_bad_gradients(jit):
 # --- Contract, saturation, inject_hyperparams --------------------------------
 
 
-@pytest.mark.parametrize("case", ["seed", "normalized"])
+@pytest.mark.parametrize("case", ["neural_gpu", "normalized"])
 def test_contract(float_dtype, case):
   kwargs, _ = CASES[case]
   tx = _tracked_adamax_clipped(_lr, **HYPER, **kwargs)

@@ -1,6 +1,6 @@
 """BERT's optimizer rebuilt from optaxtra parts, checked against BERT run in TF.
 
-Seed 004 quotes google-research/bert's ``optimization.py``: an
+google-research/bert's ``optimization.py`` defines an
 ``AdamWeightDecayOptimizer`` (Adam without bias correction, ``epsilon=1e-6``,
 the decay ``weight_decay_rate * param`` added to the Adam step before it is
 multiplied by the learning rate, ``exclude_from_weight_decay`` searched in the
@@ -78,7 +78,7 @@ VARIABLES = {
 
 
 # ---------------------------------------------------------------------------
-# The seed's code, in TensorFlow 2 eager.
+# BERT's code, in TensorFlow 2 eager.
 
 
 def make_adam_weight_decay_optimizer(tf):

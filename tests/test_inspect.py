@@ -80,7 +80,7 @@ def _warmup_cosine_jnp(n, peak=1e-2, warmup=5, total=30, end=1e-4):
   return jnp.where(n < warmup, peak * n / warmup, cosine)
 
 
-# --- seed 000: Adam's alpha_t through optax.inject_hyperparams ---------------
+# --- Adam's alpha_t through optax.inject_hyperparams ----------------------------
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -716,6 +716,18 @@ def test_tensorboard_example_writes_what_inspect_read(tmp_path):
     )
   assert 0 < clipped["clip_fraction"][0] <= 1
 
+  # The plateau run: warmup to a constant, the scale set by hand from step 9
+  # (two thirds of 12, plus 1); no epoch (29 steps) is over, so no plateau step.
+  plateau = histories["adamax_plateau"]
+  for t in range(1, steps + 1):
+    scale = 0.5 if t >= 9 else 1.0
+    assert plateau["learning_rate_scale"][t - 1] == scale
+    np.testing.assert_allclose(
+      plateau["learning_rate"][t - 1], scale * 3e-3 * min(t - 1, 1), rtol=1e-6
+    )
+  assert np.all(plateau["plateau_scale"] == 1)
+  assert np.all(np.isfinite(plateau["grad_norm"]) & (plateau["grad_norm"] > 0))
+
   # Every value was written to TensorBoard, every step, under its name.
   for run, history in histories.items():
     events = _read_events(tmp_path / "runs" / run)
@@ -723,6 +735,9 @@ def test_tensorboard_example_writes_what_inspect_read(tmp_path):
     for tag, step, value in events:
       key = tag.removeprefix("optimizer/")
       assert history[key][step - 1] == pytest.approx(value, rel=1e-6, abs=1e-12)
+  tags = {tag for tag, _, _ in _read_events(tmp_path / "runs" / "adamax_plateau")}
+  new = ("learning_rate", "learning_rate_scale", "plateau_scale", "grad_norm")
+  assert {f"optimizer/{k}" for k in new} <= tags
 
 
 # --- a user's state declares what inspect reads --------------------------------

@@ -211,3 +211,17 @@ def test_multisteps_counts_real_updates(make):
   for name in ("learning_rate", "decay_rate"):
     if name in outer:
       np.testing.assert_allclose(inner[name], outer[name], rtol=1e-7)
+
+
+def test_extra_args_reach_a_plateau_stage_after_the_ready_made_optimizer():
+  tx = optax.chain(
+    optaxtra.record_norm(),
+    optaxtra.adamax_clipped(0.1, weight_decay=1e-2),
+    optaxtra.reduce_on_plateau(factor=0.5, patience=0),
+  )
+  params = _params()
+  state = tx.init(params)
+  for loss in (1.0, 2.0, 3.0):
+    _, state = jax.jit(tx.update)(_grads(1)[0], state, params, value=loss)
+  # Two updates without improvement after the first: two halvings decided.
+  assert float(optaxtra.inspect(state)["plateau_next_scale"]) == 0.25

@@ -47,7 +47,7 @@ def leaves_by_path(tree):
 
 
 def bert_do_use_weight_decay(param_name, weight_decay_rate, exclude):
-  """BERT's AdamWeightDecayOptimizer._do_use_weight_decay, verbatim (seed 004)."""
+  """BERT's AdamWeightDecayOptimizer._do_use_weight_decay, verbatim."""
   if not weight_decay_rate:
     return False
   if exclude:

@@ -185,8 +185,8 @@ def test_cosine_decay_matches_keras(keras, alpha):
   )
 
 
-def test_seed_003_decay_every_25_epochs(keras):
-  """Seed 003: decay by 0.95 every 25 *epochs* of 40 steps, not every 25 steps."""
+def test_per_epoch_decays_every_25_epochs_not_steps(keras):
+  """Decay by 0.95 every 25 *epochs* of 40 steps, not every 25 steps."""
   steps_per_epoch, epochs = 40, 100
   steps = np.arange(steps_per_epoch * epochs)
   lr = S.per_epoch(S.exponential_decay(1e-3, 25, 0.95, staircase=True), steps_per_epoch)
@@ -196,12 +196,13 @@ def test_seed_003_decay_every_25_epochs(keras):
   # Constant for the first 25 epochs, as the user expected.
   assert np.all(got[: 25 * steps_per_epoch] == np.float32(1e-3))
   assert got[25 * steps_per_epoch] < got[25 * steps_per_epoch - 1]
-  # The seed's Keras schedule counts steps: it has decayed by step 25, inside
-  # the first epoch, and differs from the epoch-wise one almost everywhere.
-  seed = keras.optimizers.schedules.ExponentialDecay(
+  # The user's Keras schedule, meant per epoch, counts steps: it has decayed by
+  # step 25, inside the first epoch, and differs from the epoch-wise one almost
+  # everywhere.
+  by_steps = keras.optimizers.schedules.ExponentialDecay(
     1e-3, decay_steps=25, decay_rate=0.95, staircase=True
   )
-  k = keras_values(keras, seed, steps)
+  k = keras_values(keras, by_steps, steps)
   assert k[25] < k[24] == np.float32(1e-3)
   assert np.mean(~np.isclose(k, got, rtol=1e-6)) > 0.9
   # Keras gets it right only with decay_steps counted in steps (25 * 40).
@@ -638,7 +639,7 @@ def test_plot_marks_epoch_boundaries(tmp_path):
     assert all(line.get_label() == "_epoch" for line in epochs)
     assert ax.get_xlabel() == "step"
     assert ax.child_axes[0].get_xlabel() == "epoch"
-    png = tmp_path / "seed003.png"
+    png = tmp_path / "per_epoch.png"
     ax.figure.savefig(png, dpi=60)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   finally:

@@ -371,10 +371,10 @@ def test_init_that_raises():
     check_transformation(tx, _params())
 
 
-# --- seed 001: updates that are not deltas ---------------------------------------
+# --- updates that are not deltas -------------------------------------------------
 
 
-def test_seed_001_returning_new_params_instead_of_deltas():
+def test_returning_new_params_instead_of_deltas():
   tx = _sgd_like(lambda g, p: p - 0.1 * g)  # the new values, not the change
   with pytest.raises(
     AssertionError,
@@ -384,9 +384,9 @@ def test_seed_001_returning_new_params_instead_of_deltas():
     check_transformation(tx, _params())
 
 
-def test_seed_001_returning_ones():
-  # The seed's experiment: the update replaced by ones, "to see the weights
-  # become 1". In Optax that adds 1 to every weight, whatever the gradient.
+def test_returning_ones():
+  # A TensorFlow user's experiment: the update replaced by ones, "to see the
+  # weights become 1". In Optax that adds 1 to every weight, whatever the gradient.
   tx = _sgd_like(lambda g, p: jnp.ones_like(g))
   with pytest.raises(AssertionError, match=r"zero gradients gave an update for 'b'"):
     check_transformation(tx, _params())

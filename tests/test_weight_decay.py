@@ -1,9 +1,10 @@
 """add_decayed_weights_decoupled: the reference, every coupling, real systems.
 
-The systems of DESIGN.md's coupling table run here: PyTorch ``AdamW`` with a
-``LambdaLR`` schedule and a no-decay bias group, Keras 3 ``AdamW``,
-``optax.adamw`` and BERT's ``AdamWeightDecayOptimizer`` (seed 004, ported to
-TF2 eager ops) for ``schedule=learning_rate``; Composer's ``DecoupledAdamW``
+The systems that use each coupling of the decay to the learning rate run
+here: PyTorch ``AdamW`` with a ``LambdaLR`` schedule and a no-decay bias group,
+Keras 3 ``AdamW``, ``optax.adamw`` and BERT's ``AdamWeightDecayOptimizer``
+(google-research/bert's ``optimization.py``, ported to TF2 eager ops) for
+``schedule=learning_rate``; Composer's ``DecoupledAdamW``
 and Loshchilov & Hutter's Algorithm 2 (from their equations) for
 ``schedule=lr / peak``; TF-Addons' (decay alone) for ``schedule=None``.
 """
@@ -275,7 +276,7 @@ def test_keras_adamw(keras):
 
 
 def _bert_optimizer(tf, variables, *, learning_rate, weight_decay_rate, exclude):
-  """Seed 004's AdamWeightDecayOptimizer.apply_gradients, in TF2 eager ops."""
+  """BERT's AdamWeightDecayOptimizer.apply_gradients, in TF2 eager ops."""
   slots = {
     name: (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
     for name, v in variables.items()
@@ -310,7 +311,7 @@ def _bert_optimizer(tf, variables, *, learning_rate, weight_decay_rate, exclude)
 
 
 def test_bert_adam_weight_decay_optimizer(tf):
-  """Seed 004: Adam without bias correction, decay lr * wd * p, BERT's schedule."""
+  """BERT's optimizer: Adam without bias correction, decay lr * wd * p, its schedule."""
   shapes = {
     "layer_0/dense/kernel": (4, 5),
     "layer_0/dense/bias": (5,),

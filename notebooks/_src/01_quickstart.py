@@ -4,9 +4,10 @@
 # A small network learns scikit-learn's bundled handwritten digits (1797 images
 # of 8x8 pixels, shipped inside the scikit-learn wheel: no download) with the
 # Neural-GPU clipped Adamax of Freivalds & Liepins (2017), the optimizer of
-# seed 001, plus decoupled weight decay on the weight matrices only, chosen by
-# parameter name. The optimizer is an ordinary `optax.GradientTransformation`,
-# so `flax.nnx.Optimizer` takes it as it takes `optax.adam`.
+# their TensorFlow code, plus decoupled weight decay on the weight matrices
+# only, chosen by parameter name. The optimizer is an ordinary
+# `optax.GradientTransformation`, so `flax.nnx.Optimizer` takes it as it takes
+# `optax.adam`.
 
 # %%
 import jax

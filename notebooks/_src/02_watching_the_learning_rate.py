@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Seed 000: watching the learning rate, and Adam's effective step size
+# # Watching the learning rate, and Adam's effective step size
 #
 # A TensorFlow 1 user prints `optimizer._lr_t` at every step of
 # `AdamOptimizer(1e-3)` and always gets `1e-3`. The learning rate does not
@@ -17,6 +17,8 @@
 # a training step can return the values to log.
 
 # %%
+import math
+
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -66,14 +68,14 @@ def train(tx):
 
 
 # %% [markdown]
-# First the seed's optimizer, Adam with a constant `1e-3`. Optax's `adam`
+# First the user's optimizer, Adam with a constant `1e-3`. Optax's `adam`
 # keeps no learning rate in its state; `optax.inject_hyperparams` makes it
 # keep its hyperparameters there, and `inspect` then also derives `alpha_t`
 # from the hyperparameters and the step count:
 
 # %%
-seed_tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-seen = train(seed_tx)
+adam_tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+seen = train(adam_tx)
 print("inspect reports:", ", ".join(seen))
 t = seen["count"]
 alpha = 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)  # the formula, by hand
@@ -141,4 +143,127 @@ plt.show()
 # computed the step. On the right both follow the schedule, `alpha_t` lagging
 # behind the learning rate at first. Each value is one scalar per step: to
 # watch them in TensorBoard, hand them to a summary writer
-# (`writer.add_scalar(name, value, step)` for each item of the dict).
+# (`writer.add_scalar(name, value, step)` for each item of the dict), as
+# `examples/tensorboard_logging.py` does.
+
+# %% [markdown]
+# ## Changing the learning rate during training
+#
+# Watching the learning rate is half of it; the other half is changing it.
+# PyTorch users write `param_group["lr"] = ...`, Keras users
+# `optimizer.learning_rate = ...`, and PyTorch's `ReduceLROnPlateau` lowers
+# it when the loss stops improving. optaxtra has both, and `inspect` reports
+# what they did at every step:
+#
+# * `optaxtra.set_learning_rate_scale(state, 0.5)` returns the state with the
+#   learning-rate scale of its optaxtra learning-rate stages set: the next
+#   updates use `0.5 * lr(t)`, and `learning_rate` reports it, next to
+#   `learning_rate_scale`. The scale is an array of the state, so the jitted
+#   training loop is not recompiled;
+# * `optaxtra.reduce_on_plateau(factor=0.5, patience=4, accumulation_steps=...)`,
+#   last in the chain, is fed the loss with the gradients,
+#   `tx.update(grads, state, params, value=loss)`, averages it over an epoch
+#   and halves its own scale, `plateau_scale`, after more than 4 epochs
+#   without improvement;
+# * `optaxtra.record_norm()`, first in the chain, records the norm of the
+#   gradients it passes on, `grad_norm`.
+#
+# The step size is then `learning_rate * plateau_scale` (times Adam's bias
+# correction). Below, optaxtra's chain from above gets the two new stages and a
+# learning rate that stays constant after the warmup; halfway, the scale is set
+# to 0.5 by hand, between two calls of the same jitted loop.
+
+# %%
+steps_per_epoch = math.ceil(len(x) / batch_size)  # 29 batches: one plateau step
+plateau_tx = optax.chain(
+  optaxtra.record_norm(),  # "grad_norm"
+  optaxtra.scale_by_adam(),
+  optaxtra.scale_by_learning_rate(schedules.linear_warmup(1e-3, 200)),
+  optaxtra.reduce_on_plateau(
+    factor=0.5, patience=4, accumulation_steps=steps_per_epoch
+  ),
+)
+
+
+def step(carry, idx):
+  params, state = carry
+  loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+  updates, state = plateau_tx.update(grads, state, params, value=loss)
+  return (optax.apply_updates(params, updates), state), {
+    "loss": loss,
+    **optaxtra.inspect(state),
+  }
+
+
+@jax.jit
+def run(params, state, batches):
+  return jax.lax.scan(step, (params, state), batches)
+
+
+half = steps // 2
+carry, first = run(params0, plateau_tx.init(params0), batches[:half])
+params, state = carry
+state = optaxtra.set_learning_rate_scale(state, 0.5)  # by hand, from step 1001
+carry, second = run(params, state, batches[half:])
+print(f"the jitted loop was compiled {run._cache_size()} time(s)")
+seen_plateau = {k: np.concatenate([first[k], second[k]]) for k in first}
+t = seen_plateau["count"]
+for name in ("learning_rate_scale", "plateau_scale"):
+  scale = seen_plateau[name]
+  changes = np.flatnonzero(np.diff(scale)) + 1
+  print(
+    f"{name}: 1 at first,",
+    ", ".join(f"{scale[i]:g} from step {t[i]}" for i in changes),
+  )
+
+# %%
+epochs = steps // steps_per_epoch
+by_epoch = {
+  k: seen_plateau[k][: epochs * steps_per_epoch].reshape(epochs, -1).mean(1)
+  for k in ("loss", "grad_norm")
+}
+epoch_end = np.arange(1, epochs + 1) * steps_per_epoch
+cuts = t[np.flatnonzero(np.diff(seen_plateau["plateau_scale"])) + 1]
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3.6))
+ax1.plot(t, seen_plateau["learning_rate"], lw=2, label="learning_rate")
+ax1.plot(
+  t,
+  seen_plateau["learning_rate"] * seen_plateau["plateau_scale"],
+  "--",
+  lw=2,
+  label="learning_rate * plateau_scale",
+)
+ax1.axvline(half + 1, color="k", ls=":", lw=1)
+ax1.annotate(
+  "set_learning_rate_\nscale(state, 0.5)",
+  xy=(half + 1, 7.5e-4),
+  xytext=(1120, 7.5e-4),
+  fontsize=8,
+  va="center",
+  arrowprops={"arrowstyle": "->", "lw": 0.8},
+)
+ax1.set(xlabel="step", ylim=(0, 1.1e-3))
+ax1.set_title("learning rate: by hand, then on plateau", fontsize=10)
+ax1.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+ax1.legend(fontsize=8, loc="lower left")
+ax2.plot(epoch_end, by_epoch["loss"], "o-", ms=3, label="loss")
+ax2.plot(epoch_end, by_epoch["grad_norm"], "s-", ms=3, label="grad_norm")
+for cut in cuts:
+  ax2.axvline(cut, color="0.4", ls="--", lw=1)
+ax2.set(xlabel="step", yscale="log")
+ax2.set_title("epoch means; dashed: plateau reductions", fontsize=10)
+ax2.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The learning rate follows the warmup, stays at `1e-3`, and halves at step
+# 1001, where the scale was set between the two calls of `run`: one program,
+# compiled once, since the state kept its structure and dtypes. The plateau
+# reductions come later, each after more than four epochs whose mean loss did
+# not beat the best one: the epoch means of a loss on random batches go up and
+# down once the loss is low, and `patience` is how much of that to tolerate.
+# `learning_rate` alone does not show them: the plateau stage scales the
+# updates after the learning-rate stage, and `plateau_scale` is where to read
+# them.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Seed 003: a schedule counts steps, not epochs
+# # A schedule counts steps, not epochs
 #
 # A Keras user decays Adam's learning rate with
 # `ExponentialDecay(1e-3, decay_steps=25, decay_rate=0.95, staircase=True)`,

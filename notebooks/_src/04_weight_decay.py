@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Seed 004: Adam with L2 in the gradient vs decoupled weight decay vs BERT
+# # Adam with L2 in the gradient vs decoupled weight decay vs BERT
 #
 # Adding `wd * w` to the gradient (L2 regularisation) and subtracting
 # `lr * wd * w` from the weights (weight decay) are the same thing for plain

@@ -1,7 +1,7 @@
 # %% [markdown]
-# # Seeds 001 and 002: writing a transformation, and choosing what trains
+# # Writing a transformation, and choosing what trains
 #
-# **Seed 001.** A TensorFlow user copies an Adamax optimizer with the
+# **Updates are changes.** A TensorFlow user copies an Adamax optimizer with the
 # Neural-GPU gradient clipping (Freivalds & Liepins, 2017) and, to test their
 # understanding, makes its update return `tf.ones(...)`, expecting the weights
 # to become ones. They don't: they stop changing at all. In TensorFlow 1 the
@@ -39,10 +39,10 @@ def show_error(fn):
 
 
 # %% [markdown]
-# The seed's optimizer as an Optax transformation: a state (the moments `m`
+# The user's optimizer as an Optax transformation: a state (the moments `m`
 # and `v`), an `init` that builds it, and an `update` that turns gradients into
 # updates. The line that matters is the `return`: `-lr * m / (v + eps)`, the
-# seed's `var -= lr * m / (v + eps)` without the `var -=`.
+# TensorFlow code's `var -= lr * m / (v + eps)` without the `var -=`.
 
 
 # %%
@@ -71,7 +71,7 @@ def neural_gpu_adamax(
       g = jnp.clip(g, -c, c)
       m = b1 * m + (1 - b1) * g
       v = jnp.maximum(b2 * v, jnp.abs(g))
-      if mistake == "ones":  # the seed's experiment
+      if mistake == "ones":  # the user's experiment
         return jnp.ones_like(p), m, v
       if mistake == "new weights":  # what "the optimizer returns" suggests
         return p - lr * m / (v + eps), m, v
@@ -146,10 +146,10 @@ show_error(
 )
 
 # %% [markdown]
-# **Seed 002.** The second thread explains how TensorFlow decides what trains:
-# `var_list=`, `trainable=False`, or making a value a `tf.constant`, and how
-# `minimize()` is `compute_gradients()` followed by `apply_gradients()`. Its
-# example: `y = w1*x + w2*x + w3*x` with `x = 1`, target `y = 1`, every weight
+# **Choosing what trains.** TensorFlow decides what trains by `var_list=`,
+# `trainable=False`, or making a value a `tf.constant`, and its `minimize()` is
+# `compute_gradients()` followed by `apply_gradients()`. A classic example:
+# `y = w1*x + w2*x + w3*x` with `x = 1`, target `y = 1`, every weight
 # starting at 4. Trained together, the three weights share the correction;
 # with `w3` frozen, `w1 + w2` goes to `-3`; with only `w2` trained, `w2` goes
 # to `-7`.

@@ -116,7 +116,7 @@ def check_transformation(
     >>> import optax, optaxtra
     >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
     >>> optaxtra.testing.check_transformation(optaxtra.adamax_clipped(1e-3), params)
-    >>> def sgd_returning_new_params(lr):  # the mistake of seed 001
+    >>> def sgd_returning_new_params(lr):  # the mistake: returning new params
     ...   def update(grads, state, params):
     ...     return jax.tree.map(lambda p, g: p - lr * g, params, grads), state
     ...   return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
