@@ -110,16 +110,19 @@ def add_decayed_weights_decoupled(
   ``schedule`` is the :math:`\eta_t` of Loshchilov & Hutter and sets how the
   decay is coupled to the learning rate:
 
-  ======================================================  =====================
-  behaviour of                                            pass
-  ======================================================  =====================
-  PyTorch ``AdamW``, Keras ``AdamW``, ``optax.adamw``,    ``schedule=lr``
-  BERT's ``AdamWeightDecayOptimizer`` (decay scaled by
-  the full learning rate)
-  the paper, Composer ``DecoupledAdamW``, big_vision      ``schedule=lambda t:
-  (decay follows the schedule's shape, not the base lr)   lr(t) / peak_lr``
-  TF-Addons ``AdamW`` (decay independent of the lr)       ``schedule=None``
-  ======================================================  =====================
+  .. list-table::
+    :header-rows: 1
+
+    * - behaviour of
+      - pass
+    * - PyTorch ``AdamW``, Keras ``AdamW``, ``optax.adamw``, BERT's
+        ``AdamWeightDecayOptimizer`` (decay scaled by the full learning rate)
+      - ``schedule=lr``
+    * - the paper, Composer ``DecoupledAdamW``, big_vision (decay follows the
+        schedule's shape, not the base lr)
+      - ``schedule=lambda t: lr(t) / peak_lr``
+    * - TF-Addons ``AdamW`` (decay independent of the lr)
+      - ``schedule=None``
 
   With the PyTorch coupling and ``lr = 1e-3``, ``weight_decay = 1e-2`` decays
   the weights by ``1e-5`` of themselves per step, exactly as

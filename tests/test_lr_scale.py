@@ -153,6 +153,7 @@ def test_refusals_name_the_fix():
 def test_nnx_optimizer_state():
   need("flax")
   from flax import nnx
+
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   tx = optaxtra.adamax_clipped(0.1, weight_decay=1e-2)
   try:
