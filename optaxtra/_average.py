@@ -85,17 +85,22 @@ def _stored(p: jax.Array) -> jax.Array:
   the average unrounded, in float32, and the average is not one of the
   params that training produced. For bfloat16 (float32's exponent range)
   ``reduce_precision`` rounds exactly as the cast does and fuses; other
-  narrow floats are held at their own precision by a barrier.
+  narrow floats are held at their own precision by a barrier (by
+  ``reduce_precision`` too on jax < 0.4.33, which has no public barrier). On
+  jax < 0.4.33 XLA still lets some bfloat16 iterates through unrounded under
+  ``jax.jit``: the average is then off by a fraction of a bfloat16 ulp of the
+  params, not exactly the average of the stored params.
   """
   dt = jnp.dtype(p.dtype)
   if not jnp.issubdtype(dt, jnp.floating) or jnp.finfo(dt).bits >= 32:
     return p
-  if dt == jnp.bfloat16:
+  barrier = getattr(jax.lax, "optimization_barrier", None)  # jax >= 0.4.33
+  if dt == jnp.bfloat16 or barrier is None:
     fi = jnp.finfo(dt)
     return jax.lax.reduce_precision(
       p.astype(jnp.float32), exponent_bits=fi.nexp, mantissa_bits=fi.nmant
     )
-  return jax.lax.optimization_barrier(p)
+  return barrier(p)
 
 
 # --- The transformation --------------------------------------------------------

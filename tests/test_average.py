@@ -48,6 +48,11 @@ from optaxtra import masks
 SHAPES = {"w": (4, 5), "s": ()}
 EPS = {"float32": 2.0**-23, "bfloat16": 2.0**-23, "float64": 2.0**-52}
 LR = 0.1
+# jax < 0.4.33: XLA lets some bfloat16 iterates reach the average unrounded
+# under jax.jit (documented in average_params): within a bfloat16 ulp of the
+# params, not the exact average of the stored params that these tests demand.
+_OLD_JAX = tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 4, 33)
+_OLD_JAX_BF16 = "jax < 0.4.33 keeps some bfloat16 iterates unrounded under jit"
 
 
 # --- The float64 reference ----------------------------------------------------
@@ -140,6 +145,8 @@ def _rounded(d: float, dtype: Any) -> float:
 
 @pytest.mark.parametrize("name", sorted(DECAYS))
 def test_each_step_matches_the_float64_reference(name, float_dtype, maybe_jit):
+  if _OLD_JAX and float_dtype == jnp.bfloat16 and maybe_jit is jax.jit:
+    pytest.xfail(_OLD_JAX_BF16)
   decay, formula = DECAYS[name]
   steps = 20
   params = _params(float_dtype)
@@ -159,10 +166,13 @@ def test_each_step_matches_the_float64_reference(name, float_dtype, maybe_jit):
   # needs the average to round p + u itself (XLA may keep it in float32).
   iterates, decays = [], []
   eps = EPS[float_dtype.name]
+  sgd = optax.sgd(LR)
+  sgd_state = sgd.init(params)
   for n, g in enumerate(grads):
     updates, state = update(g, state, params)
-    for k in SHAPES:  # the updates pass unchanged
-      np.testing.assert_array_equal(updates[k], -LR * np.asarray(g[k]))
+    sgd_updates, sgd_state = sgd.update(g, sgd_state, params)
+    for k in SHAPES:  # the updates pass unchanged: SGD's own
+      np.testing.assert_array_equal(updates[k], sgd_updates[k])
     params = optax.apply_updates(params, updates)
     iterates.append(params)
     decays.append(_rounded(formula(n), float_dtype))
@@ -176,6 +186,7 @@ def test_each_step_matches_the_float64_reference(name, float_dtype, maybe_jit):
   assert np.max(np.abs(_f64(params["w"]) - p0["w"])) > 0.5
 
 
+@pytest.mark.xfail(_OLD_JAX, reason=_OLD_JAX_BF16, strict=True)
 def test_bfloat16_params_are_averaged_within_bfloat16_rounding():
   """The float32 average of bfloat16 iterates, read back as bfloat16, is the
   float64 average rounded once; a bfloat16 average (dtype=jnp.bfloat16) stalls:
@@ -514,7 +525,7 @@ def _wrapped():
     "masked": optax.masked(
       optax.chain(optax.sgd(1.0), optaxtra.average_params(0.5)), {"w": True, "b": False}
     ),
-    "partition": optax.partition(
+    "partition": optax.transforms.partition(
       {
         "a": optax.chain(optax.sgd(1.0), optaxtra.average_params(0.5)),
         "z": optax.set_to_zero(),
