@@ -188,20 +188,13 @@ def markdown(res) -> str:
       None if d_hf is None else 1 - 1 / d_hf,
       0.05,
     )
-    d_pr = _ratio(rows, "optaxtra+track", "optaxtra")
-    if d_pr is not None:
-      target(
-        f"clip count share of the optaxtra+track step, n={int(s):.0e}",
-        1 - 1 / d_pr,
-        0.05,
-      )
-    d_norm = _ratio(rows, "optaxtra+norm", "optaxtra")
-    if d_norm is not None:
-      target(
-        f"record_norm share of the optaxtra+norm step, n={int(s):.0e}",
-        1 - 1 / d_norm,
-        0.10,
-      )
+    for what, name, limit in (
+      ("clip count", "optaxtra+track", 0.05),
+      ("record_norm", "optaxtra+norm", 0.10),
+    ):
+      d = _ratio(rows, name, "optaxtra")
+      if d is not None:
+        target(f"{what} share of the {name} step, n={int(s):.0e}", 1 - 1 / d, limit)
     d_avg = _ratio(rows, "optaxtra+average", "optaxtra")
     if d_avg is not None:
       # The step reads params, grads, mu, nu and writes params, mu, nu: 7

@@ -110,6 +110,12 @@ def _state_paths(state: Any) -> list[tuple[str, Any]]:
   return [(path_str(k), x) for k, x in flat]
 
 
+def _children(node: Any) -> list[Any]:
+  """The nodes one level below ``node`` in its tree; none for a leaf."""
+  kids = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
+  return [] if len(kids) == 1 and kids[0] is node else kids
+
+
 def _owner(state_path: str, param_paths: list[str]) -> int | None:
   """The param whose path is the longest suffix of ``state_path``."""
   best, best_len = None, -1
@@ -134,10 +140,7 @@ def _groups(abstract: Any, param_paths: list[str]) -> list[Any]:
           if i is not None:
             owned.add(i)
       return
-    kids = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
-    if len(kids) == 1 and kids[0] is node:
-      return
-    for kid in kids:
+    for kid in _children(node):
       walk(kid)
 
   walk(abstract)
@@ -198,10 +201,7 @@ def _multipliers(state: Any, groups: list[Any], n: int) -> list[float]:
           "outside the mask (a multiplier of 1 leaves a leaf as it is)."
         )
       return
-    kids = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
-    if len(kids) == 1 and kids[0] is node:
-      return
-    for kid in kids:
+    for kid in _children(node):
       walk(kid, group)
 
   walk(state, _ALL)

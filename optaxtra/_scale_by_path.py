@@ -14,6 +14,7 @@ import optax
 from optaxtra import _checks
 from optaxtra._dtypes import compute_dtype
 from optaxtra._inspectable import inspectable
+from optaxtra._learning_rate import _scalar
 from optaxtra._numerics import safe_increment
 from optaxtra._paths import show
 from optaxtra.masks._labels import _PathLabels
@@ -55,9 +56,7 @@ def _check_multiplier(fn: str, where: str, m: Any) -> None:
 
 
 def _value(fn: str, where: str, m: Multiplier, count: jax.Array) -> jax.Array:
-  v = _checks.schedule_output(fn, where, m(count) if callable(m) else m)
-  if not jnp.issubdtype(v.dtype, jnp.floating):
-    v = v.astype(_checks.default_float())
+  v = _scalar(fn, where, m(count) if callable(m) else m)
   if not _checks.is_traced(v) and not float(v) >= 0:
     at = "" if _checks.is_traced(count) else f" at step {int(count)}"
     raise ValueError(
@@ -76,9 +75,6 @@ def _by_leaf(
   where its multiplier came from (for messages) and the multiplier.
   """
 
-  def table(tree):
-    return resolve(tree)
-
   def values(rows, count):
     return [_value(fn, where, m, count) for where, m in rows]
 
@@ -87,13 +83,13 @@ def _by_leaf(
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
-    return ScaleByPathState(count, record(values(table(params), count)))
+    return ScaleByPathState(count, record(values(resolve(params), count)))
 
   def update_fn(updates, state, params=None):
     del params
     _checks.check_state(fn, state, ScaleByPathState)
     _checks.check_float_updates(fn, updates, complex_ok=True)
-    rows = table(updates)
+    rows = resolve(updates)
     if len(rows) != state.multipliers.shape[0]:
       raise ValueError(
         f"{fn}: the updates have {len(rows)} leaves but init was given params "
