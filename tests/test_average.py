@@ -28,8 +28,6 @@ p_0|``, a thousand times more than ``B_t`` here.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +39,7 @@ import numpy as np
 import optax
 import pytest
 from _deps import need
+from test_sharding import NUM_DEVICES, collectives, run_case, xla_flags
 
 import optaxtra
 from optaxtra import masks
@@ -859,7 +858,6 @@ def test_orbax_resume_is_bit_for_bit(tmp_path):
 # rest of the suite keeps its single device. Run this file as a script with a
 # case name to run one case directly.
 
-NUM_DEVICES = 8
 SHARDED_SPECS = {
   "embed": ("P", ("data", "fsdp"), None),
   "dense": {"kernel": ("P", "fsdp", None), "bias": ("P",)},
@@ -969,7 +967,6 @@ def _worker_init():
 
 
 def _worker_update():
-  from test_sharding import collectives
 
   tx = _sharded_tx()
   host_params = _host_tree(0)
@@ -1009,16 +1006,10 @@ def _worker_update():
 
 
 def _run_worker(case: str) -> None:
-  os.environ["XLA_FLAGS"] = _xla_flags()
+  os.environ["XLA_FLAGS"] = xla_flags()
   os.environ["JAX_PLATFORMS"] = "cpu"
   globals()[f"_worker_{case}"]()
   print(f'{{"case": "{case}", "ok": true}}')
-
-
-def _xla_flags() -> str:
-  flags = os.environ.get("XLA_FLAGS", "")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
-  return f"{flags} --xla_force_host_platform_device_count={NUM_DEVICES}".strip()
 
 
 needs_axis_types = pytest.mark.skipif(
@@ -1028,20 +1019,7 @@ needs_axis_types = pytest.mark.skipif(
 
 
 def _in_subprocess(case: str) -> None:
-  env = dict(os.environ, XLA_FLAGS=_xla_flags(), JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, __file__, case],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
-  assert proc.returncode == 0, (
-    f"case {case} failed in the {NUM_DEVICES}-device subprocess:\n"
-    f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-  )
-  assert f'"case": "{case}", "ok": true' in proc.stdout
+  run_case(__file__, case)
 
 
 @needs_axis_types

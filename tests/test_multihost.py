@@ -46,7 +46,7 @@ import jax
 import numpy as np
 import pytest
 from _deps import need
-from test_sharding import collectives
+from test_sharding import collectives, xla_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_multihost_worker.py")
@@ -93,12 +93,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _xla_flags(devices: int) -> str:
-  flags = os.environ.get("XLA_FLAGS", "")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
-  return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-
-
 # The port was free when chosen; another program may take it before the
 # coordinator binds it: then the run is tried once more, with a new port.
 _PORT_TAKEN = re.compile(
@@ -118,7 +112,7 @@ class _Group:
     )
     self.env = dict(
       os.environ,
-      XLA_FLAGS=_xla_flags(NUM_DEVICES // num_processes),
+      XLA_FLAGS=xla_flags(NUM_DEVICES // num_processes),
       JAX_PLATFORMS="cpu",
       PYTHONUNBUFFERED="1",
       PYTHONPATH=os.pathsep.join(

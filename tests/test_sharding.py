@@ -382,25 +382,28 @@ def _worker_checkpoint_resume_sharded():
 
 
 def _run_worker(case: str) -> None:
-  os.environ["XLA_FLAGS"] = _xla_flags()
+  os.environ["XLA_FLAGS"] = xla_flags()
   os.environ["JAX_PLATFORMS"] = "cpu"
   globals()[f"_worker_{case}"]()
   print(f'{{"case": "{case}", "ok": true}}')
 
 
-def _xla_flags() -> str:
+def xla_flags(devices: int = NUM_DEVICES) -> str:
+  """XLA_FLAGS as set, with the host platform's device count set to ``devices``."""
   flags = os.environ.get("XLA_FLAGS", "")
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
-  return f"{flags} --xla_force_host_platform_device_count={NUM_DEVICES}".strip()
+  return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
 
 
 # ---------------------------------------------------------------- the tests
 
 
-def _in_subprocess(case: str) -> None:
-  env = dict(os.environ, XLA_FLAGS=_xla_flags(), JAX_PLATFORMS="cpu")
+def run_case(script: str, case: str) -> None:
+  """Runs ``python script case`` with NUM_DEVICES CPU devices; fails with its
+  output unless it exits 0 and prints that the case is ok."""
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-    [sys.executable, __file__, case],
+    [sys.executable, script, case],
     capture_output=True,
     text=True,
     env=env,
@@ -412,6 +415,10 @@ def _in_subprocess(case: str) -> None:
     f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
   )
   assert f'"case": "{case}", "ok": true' in proc.stdout
+
+
+def _in_subprocess(case: str) -> None:
+  run_case(__file__, case)
 
 
 def test_eager_init_puts_each_moment_where_its_param_is():
