@@ -11,19 +11,19 @@ from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_
 from optaxtra._alias import AdamaxClippedState, adamax_clipped
 from optaxtra._average import AverageParamsState, average_params
 from optaxtra._average_decay import ema_from_first_update, ema_warmup, polyak
-from optaxtra._averaged import averaged_params
 from optaxtra._coupling import decay_schedule
-from optaxtra._describe import Description, describe
 from optaxtra._freeze import with_frozen
-from optaxtra._inspect import inspect
-from optaxtra._inspectable import inspectable
+from optaxtra._introspect.averaged import averaged_params
+from optaxtra._introspect.declare import inspectable
+from optaxtra._introspect.describe import Description, describe
+from optaxtra._introspect.inspect import inspect
+from optaxtra._introspect.lr_scale import set_learning_rate_scale
 from optaxtra._learning_rate import (
   ScaleByLearningRateState,
   ScaleByScheduleState,
   scale_by_learning_rate,
   scale_by_schedule,
 )
-from optaxtra._lr_scale import set_learning_rate_scale
 from optaxtra._plateau import ReduceOnPlateauState, reduce_on_plateau
 from optaxtra._record_norm import RecordNormState, record_norm
 from optaxtra._scale_by_path import (

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from optaxtra import _checks
-from optaxtra._dtypes import (
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import (
   canonical_float_dtype,
   check_trainable_params,
   compute_dtype,
@@ -18,13 +18,13 @@ from optaxtra._dtypes import (
   second_moment_dtype,
   zeros_like,
 )
-from optaxtra._inspectable import inspectable
-from optaxtra._moments import map_moments
-from optaxtra._numerics import (
+from optaxtra._core.moments import map_moments
+from optaxtra._core.numerics import (
   bias_correction_factor,
   one_minus_power,
   safe_increment,
 )
+from optaxtra._introspect.declare import inspectable
 
 _FN = "scale_by_adamax_clipped"
 

@@ -11,10 +11,10 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optaxtra import _checks
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
+from optaxtra._core import checks as _checks
 from optaxtra._coupling import Coupling, decay_schedule
-from optaxtra._inspectable import inspectable
+from optaxtra._introspect.declare import inspectable
 from optaxtra._learning_rate import (
   ScalarOrSchedule,
   ScaleByLearningRateState,

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxtra import _checks
-from optaxtra._average_trees import _entries, _is_masked
-from optaxtra._dtypes import canonical_float_dtype, real_dtype
-from optaxtra._inspectable import inspectable
-from optaxtra._numerics import safe_increment
-from optaxtra._paths import quote, show
-from optaxtra._tree_mask import resolve_mask
+from optaxtra._core import checks as _checks
+from optaxtra._core import paths as _paths
+from optaxtra._core.dtypes import canonical_float_dtype, real_dtype
+from optaxtra._core.masking import resolve_mask
+from optaxtra._core.numerics import safe_increment
+from optaxtra._core.paths import quote
+from optaxtra._introspect.declare import inspectable
 
 _FN = "average_params"
 _READ = "averaged_params"
@@ -252,7 +252,7 @@ def average_params(
       flags = [True] * len(leaves)
     # Params from an enclosing optax.masked hold MaskedNodes, which the
     # average keeps.
-    paths = [path for path, x in _entries(params) if not _is_masked(x)]
+    paths = _paths.paths(params)
     average = treedef.unflatten(
       [
         _initial(path, p, dtype) if f else optax.MaskedNode()
@@ -271,19 +271,13 @@ def average_params(
     _checks.check_updates_match(_FN, updates, params, "params")
     d = decay_at(state.count)
     check_range(d, state.count)
-    nodes, treedef = jax.tree.flatten(state.average, is_leaf=_is_masked)
-    p_entries = _entries(params)
-    u_nodes = jax.tree.leaves(updates, is_leaf=_is_masked)
-    a_paths = [path for path, _ in _entries(state.average)]
-    p_paths = [path for path, _ in p_entries]
-    if a_paths != p_paths or len(u_nodes) != len(nodes):
-      only_a = sorted(set(a_paths) - set(p_paths))
-      only_p = sorted(set(p_paths) - set(a_paths))
-      raise ValueError(
-        f"{_FN}: the state's average does not match the params (only in the "
-        f"average: {show(only_a) or 'none'}; only in the params: "
-        f"{show(only_p) or 'none'}); init the optimizer on these params."
-      )
+    # Matched by path, never by position: params whose names differ from the
+    # ones init saw are refused by name, even where the shapes agree.
+    pairs = _paths.match(
+      _FN, params, state.average, a_is="the params", b_is="the state's average"
+    )
+    u_entries, _ = _paths.walk(updates)
+    _, treedef = _paths.walk(state.average)
     consts: dict[Any, tuple[jax.Array, jax.Array]] = {}
 
     def constants(rdt):  # once per dtype, not per leaf: less to trace
@@ -320,8 +314,8 @@ def average_params(
       return out.astype(a.dtype)
 
     new = [
-      a if _is_masked(a) or _is_masked(p) else leaf(path, a, p, u)
-      for (path, p), a, u in zip(p_entries, nodes, u_nodes, strict=True)
+      a.node if a.masked or p.masked else leaf(p.path, a.value, p.value, u.value)
+      for (p, a), u in zip(pairs, u_entries, strict=True)
     ]
     return updates, AverageParamsState(
       safe_increment(state.count), jnp.asarray(d).astype(fdt), treedef.unflatten(new)

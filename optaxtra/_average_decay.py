@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 
 
 def _as_float(count: jax.Array) -> jax.Array:

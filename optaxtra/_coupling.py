@@ -7,7 +7,7 @@ from typing import Literal
 import jax
 import numpy as np
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 from optaxtra._learning_rate import ScalarOrSchedule
 
 Coupling = Literal["learning_rate", "normalized", "independent"]

@@ -9,10 +9,10 @@ from typing import Any
 import jax
 import optax
 
-from optaxtra._paths import show
-from optaxtra._tree_mask import resolve_mask
+from optaxtra._core.masking import resolve_mask
+from optaxtra._core.paths import show
+from optaxtra._core.patterns import Patterns
 from optaxtra.masks._mask import path_mask
-from optaxtra.masks._patterns import Patterns
 from optaxtra.masks._walk import paths
 
 _FROZEN = "frozen"

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from optaxtra import _checks
-from optaxtra._dtypes import compute_dtype
-from optaxtra._inspectable import inspectable
-from optaxtra._numerics import safe_increment
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import compute_dtype
+from optaxtra._core.numerics import safe_increment
+from optaxtra._introspect.declare import inspectable
 
 # A hyperparameter: a float or array, or a schedule of the int32 step count.
 ScalarOrSchedule = ArrayLike | optax.Schedule

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optaxtra import _checks
-from optaxtra._dtypes import compute_dtype
-from optaxtra._inspectable import inspectable
-from optaxtra._numerics import safe_increment
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import compute_dtype
+from optaxtra._core.numerics import safe_increment
+from optaxtra._introspect.declare import inspectable
 
 _FN = "reduce_on_plateau"
 _INT32_MAX = 2**31 - 1

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxtra import _checks
-from optaxtra._dtypes import real_dtype
-from optaxtra._inspectable import inspectable
-from optaxtra._numerics import safe_increment
-from optaxtra._optax_states import CONVENTION
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import real_dtype
+from optaxtra._core.numerics import safe_increment
+from optaxtra._introspect.declare import inspectable
+from optaxtra._introspect.optax_states import CONVENTION
 
 _FN = "record_norm"
 

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxtra import _checks
-from optaxtra._dtypes import compute_dtype
-from optaxtra._inspectable import inspectable
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import compute_dtype
+from optaxtra._core.numerics import safe_increment
+from optaxtra._core.paths import show
+from optaxtra._core.patterns import _compile_one
+from optaxtra._introspect.declare import inspectable
 from optaxtra._learning_rate import _scalar
-from optaxtra._numerics import safe_increment
-from optaxtra._paths import show
 from optaxtra.masks._labels import _PathLabels
-from optaxtra.masks._patterns import _compile_one
 from optaxtra.masks._walk import _flatten
 
 Multiplier = float | Callable[[jax.Array], Any]

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxtra import _checks
-from optaxtra._dtypes import compute_dtype
-from optaxtra._inspectable import inspectable
+from optaxtra._core import checks as _checks
+from optaxtra._core.dtypes import compute_dtype
+from optaxtra._core.masking import resolve_mask
+from optaxtra._core.numerics import safe_increment
+from optaxtra._introspect.declare import inspectable
 from optaxtra._learning_rate import ScalarOrSchedule
-from optaxtra._numerics import safe_increment
-from optaxtra._tree_mask import resolve_mask
 
 _FN = "add_decayed_weights_decoupled"
 

@@ -608,10 +608,11 @@ def test_averaged_params_finds_none_or_several():
 def test_averaged_params_checks_the_params_fit():
   params = {"w": jnp.ones(2), "b": jnp.ones(3)}
   state = optaxtra.average_params().init(params)
-  with pytest.raises(
-    ValueError, match=r"the average has 2 parameters but params has 1"
-  ):
+  with pytest.raises(ValueError, match=r"only in the average: 'b'"):
     optaxtra.averaged_params(state, {"w": jnp.ones(2)})
+  # Same shapes, other names: matched by path, never by position.
+  with pytest.raises(ValueError, match=r"Only in params: 'v'.*average: 'w'"):
+    optaxtra.averaged_params(state, {"v": jnp.ones(2), "b": jnp.ones(3)})
   with pytest.raises(
     ValueError, match=r"'w' has shape \(2,\) but the parameter has shape \(5,\)"
   ):
@@ -679,7 +680,7 @@ def test_update_needs_the_params_and_its_own_state():
     tx.update(params, state)
   with pytest.raises(TypeError, match=r"expected the AverageParamsState made by init"):
     tx.update(params, state._asdict(), params)
-  with pytest.raises(ValueError, match=r"does not match the params"):
+  with pytest.raises(ValueError, match=r"Only in the params: .v.; only in the state.s average: .w."):
     tx.update({"v": jnp.ones(2)}, state, {"v": jnp.ones(2)})
 
 
@@ -1054,9 +1055,9 @@ def _digits_reference(initial, trajectory, decay, steps):
 
 
 def _flat(tree):
-  from optaxtra._paths import path_str
+  from optaxtra._core.paths import path_str
 
-  boxes = optaxtra._paths.box_types()
+  boxes = optaxtra._core.paths.box_types()
   flat = jax.tree_util.tree_flatten_with_path(
     tree, is_leaf=lambda x: bool(boxes) and isinstance(x, boxes)
   )[0]

@@ -22,7 +22,7 @@ from flax.training import train_state
 
 import optaxtra
 from optaxtra import masks
-from optaxtra._checks import path_str
+from optaxtra._core.checks import path_str
 
 pytestmark = pytest.mark.heavy
 

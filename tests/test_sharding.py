@@ -200,7 +200,7 @@ def _worker_init_jit_explicit_mesh():
 
 def _worker_init_jit_auto_mesh():
   # A plain jax.jit(tx.init) on an Auto mesh: the moments are built from the
-  # params (optaxtra._dtypes.zeros_like), so sharding propagation gives each
+  # params (optaxtra._core.dtypes.zeros_like), so sharding propagation gives each
   # its param's sharding. (Scalars, which depend on no param, are left to XLA;
   # out_shardings pins them, see the next case.)
   mesh = _mesh(explicit=False)

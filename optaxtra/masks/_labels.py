@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 
-from optaxtra import _checks
-from optaxtra._paths import show
-from optaxtra.masks._patterns import _compile_one, _matches_everything, _no_match
+from optaxtra._core import checks as _checks
+from optaxtra._core.paths import show
+from optaxtra._core.patterns import _compile_one, _matches_everything, _no_match
 from optaxtra.masks._walk import _Cached
 
 

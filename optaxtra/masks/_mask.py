@@ -10,9 +10,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from optaxtra import _checks
-from optaxtra._paths import show
-from optaxtra.masks._patterns import (
+from optaxtra._core import checks as _checks
+from optaxtra._core.paths import show
+from optaxtra._core.patterns import (
   Patterns,
   _compile,
   _matches_everything,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import numpy as np
-import optax
-
-from optaxtra._paths import box_types, path_str
+from optaxtra._core.paths import looks_like_step, rebox, walk
+from optaxtra._core.paths import paths as _paths
 
 _CACHE_SIZE = 16  # tree structures whose result a mask remembers
 
@@ -16,51 +13,32 @@ _CACHE_SIZE = 16  # tree structures whose result a mask remembers
 def _flatten(
   fn: str, tree: Any, *, step_check: bool = True
 ) -> tuple[list[tuple[str, Any, bool]], Any]:
-  """``[(path, node, is_masked_node)]`` and the treedef to rebuild the tree.
+  """``[(path, node, is_masked_node)]`` and the treedef, from the one walker.
 
-  A node is a leaf, a parameter box (nnx ``Variable``, linen ``Partitioned``)
-  or an :class:`optax.MaskedNode`, whose path is kept so that a pattern naming
-  a parameter that an enclosing ``optax.masked`` hid still counts as matching.
   ``step_check`` makes a lone integer scalar an error (a mask called by
   ``optax.inject_hyperparams`` as a schedule); :func:`paths` lists it.
   """
-  boxes = box_types()
-
-  def stop(x):
-    return isinstance(x, optax.MaskedNode) or (bool(boxes) and isinstance(x, boxes))
-
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)
-  if step_check and len(flat) == 1 and not flat[0][0] and _looks_like_step(flat[0][1]):
+  entries, treedef = walk(tree)
+  if (
+    step_check
+    and len(entries) == 1
+    and not entries[0].path
+    and looks_like_step(entries[0].value)
+  ):
     raise TypeError(
-      f"{fn} was called on an integer scalar ({flat[0][1]!r}), not on a "
+      f"{fn} was called on an integer scalar ({entries[0].value!r}), not on a "
       "parameter tree. This happens when a mask or labels function is passed "
       "through optax.inject_hyperparams, which calls every callable "
       "hyperparameter as a schedule of the step count: list it in static_args, "
       "e.g. optax.inject_hyperparams(optax.adamw, static_args=('mask',))(...)."
     )
-  entries = [
-    (path_str(path), node, isinstance(node, optax.MaskedNode)) for path, node in flat
-  ]
-  return entries, treedef
-
-
-def _looks_like_step(x: Any) -> bool:
-  if isinstance(x, bool):
-    return False
-  if isinstance(x, int):
-    return True
-  dtype = getattr(x, "dtype", None)
-  return (
-    dtype is not None
-    and np.shape(x) == ()
-    and jax.numpy.issubdtype(dtype, jax.numpy.integer)
-  )
+  return [(e.path, e.node, e.masked) for e in entries], treedef
 
 
 def _fill(entries: list[tuple[str, Any, bool]], treedef: Any, values: list[Any]) -> Any:
   """The tree with every parameter (box or leaf) replaced by its value."""
   nodes = [
-    node if masked else jax.tree.map(lambda _, v=v: v, node)
+    node if masked else rebox(node, v)
     for (_, node, masked), v in zip(entries, values, strict=True)
   ]
   return treedef.unflatten(nodes)
@@ -86,14 +64,7 @@ def paths(params: Any) -> list[str]:
     >>> masks.paths(params)
     ['blocks/0/scale', 'dense/bias', 'dense/kernel']
   """
-  entries, _ = _flatten("paths", params, step_check=False)
-  return [p for p, _, masked in entries if not masked]
-
-
-def _none_paths(tree: Any) -> list[str]:
-  """The paths of the ``None`` entries of ``tree`` (which are not parameters)."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
-  return [path_str(path) for path, x in flat if x is None]
+  return _paths(params)
 
 
 class _Cached:

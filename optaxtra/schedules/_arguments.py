@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1

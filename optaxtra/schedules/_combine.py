@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 from optaxtra.schedules import _arguments as _args
 from optaxtra.schedules import _steps, _values
 from optaxtra.schedules._constant import constant

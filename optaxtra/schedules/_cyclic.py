@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 from optaxtra.schedules import _arguments as _args
 from optaxtra.schedules import _phases, _steps
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 
 
 def check_choice(fn: str, name: str, value: Any, choices: tuple[str, ...]) -> str:

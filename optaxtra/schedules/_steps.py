@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 from optaxtra.schedules._arguments import INT32_MAX, INT64_MAX
 
 

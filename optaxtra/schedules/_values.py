@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optaxtra import _checks
+from optaxtra._core import checks as _checks
 
 
 class ScheduleShapeError(TypeError, ValueError):

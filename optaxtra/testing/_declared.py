@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optaxtra._inspectable import Declaration, declaration
-from optaxtra._paths import path_str, quote
+from optaxtra._core.paths import path_str, quote
+from optaxtra._introspect.declare import Declaration, declaration
 from optaxtra.testing._context import Context
 from optaxtra.testing._trees import aval, describe, fail
 
@@ -105,7 +105,9 @@ def probe_declared_values(ctx: Context) -> None:
   state and in the state after the last update; and ``optaxtra.inspect``
   reads the state, eagerly and under ``jax.jit``, with the same names. A state
   holding no declared state is not probed."""
-  from optaxtra import _inspect  # optaxtra's package imports testing
+  from optaxtra._introspect import (
+    inspect as _inspect,  # optaxtra's package imports testing
+  )
 
   states = [(ctx.state0, "that init returns")]
   if ctx.step is not None:

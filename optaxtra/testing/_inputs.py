@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra import _checks
-from optaxtra._paths import quote
+from optaxtra._core import checks as _checks
+from optaxtra._core.paths import quote
 from optaxtra.testing._trees import FN, aval, float64, leaves, tree_diff
 
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra._paths import quote
+from optaxtra._core.paths import quote
 from optaxtra.testing._context import Context, Probe
 from optaxtra.testing._declared import probe_declared_values
 from optaxtra.testing._trees import (

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra import _checks, _compat
-from optaxtra._paths import path_str
+from optaxtra._core import checks as _checks
+from optaxtra._core import compat as _compat
+from optaxtra._core.paths import path_str
 
 FN = "check_transformation"
 

@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optaxtra import _optax_states
-from optaxtra._inspect_input import check_is_a_state, one_level
-from optaxtra._inspectable import declaration
-from optaxtra._numerics import bias_correction_factor
-from optaxtra._paths import box_types
+from optaxtra._core.numerics import bias_correction_factor
+from optaxtra._core.paths import box_types
+from optaxtra._core.paths import children as one_level
+from optaxtra._introspect import optax_states as _optax_states
+from optaxtra._introspect.declare import declaration
+from optaxtra._introspect.states import check_is_a_state
 
 _ROLES = {"learning_rate": "lr", "bias_correction": "bc"}
 _EFFECTIVE = "effective_learning_rate"

@@ -7,23 +7,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import optax
 
-from optaxtra._inspectable import declared_classes
-from optaxtra._paths import path_str, show
-
-
-def one_level(node: Any) -> list[tuple[str, bool, Any]] | None:
-  """``(key, is_attribute, child)`` one level down, or None for a leaf."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-  if len(flat) == 1 and not flat[0][0]:
-    return None
-  out = []
-  for path, child in flat:
-    (key,) = path
-    out.append((path_str((key,)), isinstance(key, jax.tree_util.GetAttrKey), child))
-  return out
+from optaxtra._core.paths import children as one_level
+from optaxtra._core.paths import show
+from optaxtra._introspect.declare import declared_classes
 
 
 def _state_fields() -> tuple[tuple[str, frozenset[str]], ...]:

@@ -16,7 +16,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
-from optaxtra._paths import path_str, quote
+from optaxtra._core.paths import path_str, quote
 
 
 def is_traced(value: Any) -> bool:

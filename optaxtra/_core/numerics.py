@@ -27,7 +27,7 @@ def one_minus_power(b: jax.Array, t: jax.Array) -> jax.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from optaxtra._numerics import one_minus_power
+    >>> from optaxtra._core.numerics import one_minus_power
     >>> b = jnp.float32(0.999)  # holds 0.99900001287..., so 1 - b**2 = 0.0019989742...
     >>> one_minus_power(b, jnp.float32(2.0))
     Array(0.00199897, dtype=float32)

@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from optaxtra._paths import show
-from optaxtra.masks._walk import _none_paths
+from optaxtra._core.paths import none_paths as _none_paths
+from optaxtra._core.paths import show
 
 Patterns = str | re.Pattern | Iterable[str | re.Pattern]
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optaxtra._paths import path_str, show
+from optaxtra._core.paths import path_str, show
 from optaxtra._scale_by_path import ScaleByPathState
 
 _FN = "describe"

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optaxtra._average import _READ, AverageParamsState
-from optaxtra._average_trees import _nodes, _rebox
-from optaxtra._paths import SHOW, path_str, quote, show
+from optaxtra._core import paths as _paths
+from optaxtra._core.paths import SHOW, path_str, quote, show
 
 
 def _find(state: Any) -> list[tuple[str, AverageParamsState]]:
@@ -79,32 +79,35 @@ def averaged_params(state: optax.OptState, params: optax.Params | None = None) -
       "average_params in the optimizer, or pass the part of the state that "
       "holds the one you want."
     )
-  nodes, treedef = _nodes(found[0][1].average)
+  average = found[0][1].average
   if params is None:
-    outside = [path for path, _, v in nodes if v is None]
+    entries, treedef = _paths.walk(average)
+    outside = [e.path for e in entries if e.masked]
     if outside:
       raise ValueError(
         f"{_READ}: {len(outside)} parameters are outside the average's mask "
         f"({show(outside)}); pass the params, averaged_params(state, params), "
         "whose values they keep."
       )
-    return treedef.unflatten([v for _, _, v in nodes])
-  p_nodes, p_treedef = _nodes(params)
-  if len(p_nodes) != len(nodes):
-    raise ValueError(
-      f"{_READ}: the average has {len(nodes)} parameters but params has "
-      f"{len(p_nodes)}; pass the params the optimizer was initialised on."
-    )
+    return _paths.rebuild(entries, treedef, [e.value for e in entries])
+  # Matched by path, never by position: params whose names differ from the
+  # average's are refused by name, even where the shapes agree.
+  pairs = _paths.match(_READ, params, average, a_is="params", b_is="the average")
+  p_entries, p_treedef = _paths.walk(params)
   out = []
-  for (path, p_node, p), (_, _, a) in zip(p_nodes, nodes, strict=True):
-    if a is None or p is None:
-      out.append(p_node)
+  for p, a in pairs:
+    if a.masked or p.masked:
+      out.append(None)
       continue
-    if jnp.shape(a) != jnp.shape(p):
+    if jnp.shape(a.value) != jnp.shape(p.value):
       raise ValueError(
-        f"{_READ}: the average of {quote(path)} has shape {jnp.shape(a)} but "
-        f"the parameter has shape {jnp.shape(p)}; pass the params the "
+        f"{_READ}: the average of {quote(p.path)} has shape {jnp.shape(a.value)} "
+        f"but the parameter has shape {jnp.shape(p.value)}; pass the params the "
         "optimizer was initialised on."
       )
-    out.append(_rebox(p_node, jnp.asarray(a).astype(jnp.result_type(p))))
-  return p_treedef.unflatten(out)
+    out.append(jnp.asarray(a.value).astype(jnp.result_type(p.value)))
+  return _paths.rebuild(
+    p_entries,
+    p_treedef,
+    [p.value if v is None else v for (p, _), v in zip(pairs, out, strict=True)],
+  )

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optaxtra._paths import path_str, quote
+from optaxtra._core.paths import path_str, quote
 
 
 def canonical_float_dtype(

@@ -15,7 +15,7 @@ import sys
 
 import optax
 
-from optaxtra._inspectable import _fields, declaration, inspectable
+from optaxtra._introspect.declare import _fields, declaration, inspectable
 
 # The names inspect reports for a state that declared nothing.
 CONVENTION = (

@@ -10,10 +10,10 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optaxtra import _checks
 from optaxtra._alias import AdamaxClippedState
+from optaxtra._core import checks as _checks
+from optaxtra._core.paths import box_types
 from optaxtra._learning_rate import ScaleByLearningRateState
-from optaxtra._paths import box_types
 
 _FN = "set_learning_rate_scale"
 # The states holding a learning-rate scale, and the field that holds it.
