@@ -1,0 +1,509 @@
+"""The one hyperparameter resolver: every numeric hyperparameter goes through here.
+
+A hyperparameter of an optaxtra stage is a number (a Python or NumPy scalar, a
+0-d array), a schedule (``count -> value``), a traced value (under
+``jax.jit`` or :func:`optax.inject_hyperparams`), or, where a stage takes
+values by parameter path, a :class:`ByPath` of those. One function checks
+each of them, with the same words everywhere:
+
+* :func:`real` checks a real scalar given as a number: its type, then its
+  finiteness and range *in the dtype it will be used in* (float32 unless
+  ``jax_enable_x64`` is on), so that ``1e39`` (``inf`` in float32) and
+  ``b2=0.99999999`` (``1.0`` in float32) are refused at construction, not
+  discovered as a frozen average or a NaN later.
+* :func:`integer` is the one integer check (Python and NumPy integers; no
+  bools, no floats, no silent wrap-around past int32).
+* :func:`resolve` makes a :class:`Hyper`, whose value at a step is checked as
+  it is computed: a schedule's output must be a real scalar (type, dtype and
+  shape are known at trace time, so this holds under ``jit``); a concrete
+  value out of range raises ``ValueError`` naming the stage, the argument and
+  the step. A *traced* value cannot be checked when the update is traced:
+  one that is out of range or not finite is replaced by NaN, so the updates
+  it touches are NaN (and the parameters with them, visibly), never a silent
+  change of sign or a frozen parameter.
+
+The module imports nothing from optaxtra outside ``_core``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optaxtra._core import checks as _checks
+from optaxtra._core.paths import quote, show
+
+INT32_MAX = 2**31 - 1
+
+
+# --- Plain values ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The values a hyperparameter may take: an interval, and what to say.
+
+  Attributes:
+    low, high: the bounds (None: unbounded).
+    low_open, high_open: whether the bound itself is excluded.
+    fix: a hint appended to the message of a value outside the range.
+  """
+
+  low: float | None = None
+  high: float | None = None
+  low_open: bool = False
+  high_open: bool = True
+  fix: str = ""
+
+  def text(self) -> str:
+    lo = (
+      "(-inf" if self.low is None else ("(" if self.low_open else "[") + f"{self.low:g}"
+    )
+    hi = (
+      "inf)"
+      if self.high is None
+      else f"{self.high:g}" + (")" if self.high_open else "]")
+    )
+    return f"{lo}, {hi}"
+
+  def holds(self, v: float) -> bool:
+    if not math.isfinite(v):
+      return False
+    if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+      return False
+    return not (
+      self.high is not None and (v >= self.high if self.high_open else v > self.high)
+    )
+
+  def holds_traced(self, v: jax.Array) -> jax.Array:
+    ok = jnp.isfinite(v)
+    if self.low is not None:
+      ok &= v > self.low if self.low_open else v >= self.low
+    if self.high is not None:
+      ok &= v < self.high if self.high_open else v <= self.high
+    return ok
+
+
+def _suffix(fix: str) -> str:
+  return f" {fix}" if fix else ""
+
+
+def _in_dtype(v: float, dtype: Any) -> float:
+  """``v`` as the dtype will hold it (float32 by default)."""
+  with np.errstate(over="ignore"):
+    return float(np.asarray(v, dtype=np.dtype(dtype)))
+
+
+def real(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = True,
+  dtype: Any = None,
+  fix: str = "",
+) -> float | None:
+  """The one check of a real scalar hyperparameter; its value as a float.
+
+  Accepts Python and NumPy scalars and 0-d arrays, of float or integer dtype.
+  Refuses with ``TypeError`` what is not a real number (None, bools, strings,
+  complex numbers, arrays with dimensions, float arrays narrower than float32)
+  and with ``ValueError`` a value that is not finite, or outside the range,
+  *as the dtype holds it* (``dtype``, default float32 or float64 under x64):
+  ``1e39`` overflows float32, ``0.99999999`` is 1.0 there.
+
+  Returns:
+    The value as a Python float (as given), or None when it is a
+    tracer (checked for its dtype only; see :class:`Hyper` for what happens
+    to its value).
+  """
+  rng = Range(low, high, low_open, high_open, fix)
+  if value is None or isinstance(value, bool | np.bool_):
+    raise TypeError(f"{fn}: {name} must be a number, got {value!r}.{_suffix(fix)}")
+  try:
+    v = _checks.concrete_scalar(value)
+  except TypeError as e:
+    raise TypeError(f"{fn}: {name} must be a real scalar; {e}.") from None
+  _checks.check_float32_or_wider(fn, name, value)
+  if v is None:
+    return None
+  if callable(value):
+    raise TypeError(f"{fn}: {name} must be a number here, not a schedule.")
+  dt = _checks.default_float() if dtype is None else dtype
+  held = _in_dtype(v, dt)
+  if not math.isfinite(v):
+    raise ValueError(
+      f"{fn}: {name} must be a finite number in {rng.text()}, got {v!r}.{_suffix(fix)}"
+    )
+  if not math.isfinite(held):
+    raise ValueError(
+      f"{fn}: {name}={v!r} overflows {np.dtype(dt).name} (it becomes {held}); "
+      f"it must be a finite number in {rng.text()}.{_suffix(fix)}"
+    )
+  if not rng.holds(v):
+    raise ValueError(f"{fn}: {name} must be in {rng.text()}, got {v!r}.{_suffix(fix)}")
+  if not rng.holds(held):
+    raise ValueError(
+      f"{fn}: {name}={v!r} is {held!r} in {np.dtype(dt).name}, the precision "
+      f"it is used in, which is outside {rng.text()}.{_suffix(fix)}"
+    )
+  return v
+
+
+def integer(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: int = 0,
+  high: int = INT32_MAX,
+  fix: str = "",
+) -> int:
+  """The one integer check: a Python or NumPy integer in ``[low, high]``.
+
+  Bools, floats (even ``3.0``), strings and arrays with dimensions raise
+  ``TypeError``; a value outside the range ``ValueError`` (``high`` defaults
+  to the largest int32, since counts are int32 and never wrap).
+  """
+  bad = value is None or isinstance(value, bool | np.bool_ | float | str | bytes)
+  arr = None
+  if not bad and not _checks.is_traced(value):
+    try:
+      arr = np.asarray(value)
+    except (TypeError, ValueError):
+      bad = True
+  if bad or arr is None or arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
+    what = f"{value!r}" if not _checks.is_traced(value) else "a traced array"
+    raise TypeError(
+      f"{fn}: {name} must be an int, got {what}"
+      f"{'' if not hasattr(value, 'dtype') else f' of dtype {value.dtype}'}."
+      f"{_suffix(fix)}"
+    )
+  v = int(arr)
+  if not low <= v <= high:
+    hi = "2**31 - 1" if high == INT32_MAX else str(high)
+    raise ValueError(
+      f"{fn}: {name} must be an int in [{low}, {hi}], got {v}.{_suffix(fix)}"
+    )
+  return v
+
+
+def flag(fn: str, name: str, value: Any) -> bool:
+  """A Python (or NumPy) bool, or ``TypeError``: flags select code at trace time."""
+  _checks.check_flag(fn, name, value)
+  return bool(value)
+
+
+def choice(fn: str, name: str, value: Any, choices: Sequence[str]) -> str:
+  """One of ``choices`` (strings), or ``TypeError`` / ``ValueError`` naming them."""
+  shown = " or ".join(repr(c) for c in choices)
+  if not isinstance(value, str):
+    raise TypeError(
+      f"{fn}: {name} must be the string {shown}, got {value!r}. It selects "
+      "code at trace time; with optax.inject_hyperparams it stays static."
+    )
+  if value not in choices:
+    raise ValueError(f"{fn}: {name} must be {shown}, got {value!r}.")
+  return value
+
+
+# --- Values by parameter path ----------------------------------------------------
+
+
+class ByPath:
+  """Values of one hyperparameter by parameter path (see :func:`by_path`).
+
+  Attributes:
+    rules: ``(pattern, value)`` pairs in order; the first match wins.
+    default: the value of a parameter no rule matches, or None (then such a
+      parameter is an error).
+  """
+
+  def __init__(self, rules: tuple[tuple[str, Any], ...], default: Any):
+    self.rules = rules
+    self.default = default
+    self._compiled = tuple(re.compile(p) for p, _ in rules)
+
+  def __repr__(self) -> str:
+    inner = ", ".join(f"{p!r}: {v!r}" for p, v in self.rules)
+    return f"by_path({{{inner}}}, default={self.default!r})"
+
+  def labels(self) -> list[str]:
+    """One label per value, in order: ``[<pattern>]`` and ``[default]``."""
+    out = [f"[{p}]" for p, _ in self.rules]
+    if self.default is not None:
+      out.append("[default]")
+    return out
+
+  def values(self) -> list[Any]:
+    """The values in :meth:`labels`' order."""
+    out = [v for _, v in self.rules]
+    if self.default is not None:
+      out.append(self.default)
+    return out
+
+  def assign(self, fn: str, name: str, paths: Sequence[str]) -> list[int]:
+    """For each path, the index (in :meth:`values`) of the value it takes.
+
+    Strict, as :func:`optaxtra.masks.path_labels`: a rule that matches no
+    path, a rule every one of whose matches an earlier rule takes, and a path
+    no rule matches without a default raise ``ValueError`` naming them.
+    """
+    taken: list[int | None] = []
+    for p in paths:
+      hit = next((i for i, rx in enumerate(self._compiled) if rx.search(p)), None)
+      taken.append(hit)
+    for i, ((pattern, _), rx) in enumerate(
+      zip(self.rules, self._compiled, strict=True)
+    ):
+      matches = [p for p in paths if rx.search(p)]
+      if not matches:
+        raise ValueError(
+          f"{fn}: {name} rule {pattern!r} matches no parameter path. The paths "
+          f"are: {show(list(paths))}. Fix the pattern (optaxtra.masks.paths(params) "
+          "lists every path) or remove the rule."
+        )
+      if i not in taken:
+        first = next(j for j, p in enumerate(paths) if rx.search(p))
+        earlier = self.rules[taken[first] or 0][0]
+        raise ValueError(
+          f"{fn}: {name} rule {pattern!r} never applies: every path it matches "
+          f"({show(matches, 3)}) is taken by the earlier rule {earlier!r} (the "
+          "first matching rule wins). Put the narrower rule first, or remove it."
+        )
+    missing = [p for p, t in zip(paths, taken, strict=True) if t is None]
+    if missing and self.default is None:
+      raise ValueError(
+        f"{fn}: {name} has no rule for {len(missing)} parameters: "
+        f"{show([quote(p) for p in missing])}. Add a rule that matches them, or "
+        "pass default=... to by_path."
+      )
+    n = len(self.rules)
+    return [n if t is None else t for t in taken]
+
+
+def by_path(
+  rules: Mapping[str, Any] | Iterable[tuple[str, Any]], *, default: Any = None
+) -> ByPath:
+  """A hyperparameter's value by parameter path, as PyTorch's param groups.
+
+  Args:
+    rules: an ordered mapping (or a list of pairs) from a regular expression,
+      searched in each parameter's path (``optaxtra.masks.paths(params)``,
+      e.g. ``"blocks/0/attn/qkv/kernel"``), to a value: a number or a
+      schedule ``count -> value``. The first rule that matches a path wins.
+    default: the value of a parameter no rule matches; None makes such a
+      parameter an error that lists the paths.
+
+  Returns:
+    A value accepted wherever optaxtra documents ``by_path`` (``adamw``'s
+    ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay``, ...).
+    The rules are checked when the paths are known (at ``init``): a rule that
+    matches no path, or whose every match an earlier rule takes, raises
+    ``ValueError`` naming it; each value is checked like the argument itself.
+
+  Examples:
+    >>> import optaxtra
+    >>> lr = optaxtra.by_path({"^head/": 1e-3}, default=1e-4)
+    >>> lr
+    by_path({'^head/': 0.001}, default=0.0001)
+    >>> lr.labels()
+    ['[^head/]', '[default]']
+  """
+  fn = "by_path"
+  if isinstance(rules, Mapping):
+    pairs = list(rules.items())
+  elif isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
+    raise TypeError(
+      f"{fn}: rules must be a mapping of path patterns to values (or a list "
+      f"of (pattern, value) pairs), got {rules!r}."
+    )
+  else:
+    pairs = []
+    for item in rules:
+      if not (isinstance(item, tuple | list) and len(item) == 2):
+        raise TypeError(
+          f"{fn}: every rule must be a (pattern, value) pair, got {item!r}."
+        )
+      pairs.append((item[0], item[1]))
+  if not pairs:
+    raise ValueError(f"{fn}: rules is empty; give at least one pattern -> value.")
+  seen = set()
+  out = []
+  for pattern, value in pairs:
+    if isinstance(pattern, re.Pattern):
+      pattern = pattern.pattern
+    if not isinstance(pattern, str):
+      raise TypeError(
+        f"{fn}: every pattern must be a str (a regular expression), got {pattern!r}."
+      )
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(
+        f"{fn}: pattern {pattern!r} is not a valid regular expression ({e}); "
+        f"to match a name literally, pass re.escape({pattern!r})."
+      ) from None
+    if pattern in seen:
+      raise ValueError(f"{fn}: pattern {pattern!r} is given twice.")
+    seen.add(pattern)
+    if isinstance(value, ByPath):
+      raise TypeError(f"{fn}: the value of {pattern!r} is itself a by_path.")
+    out.append((pattern, value))
+  if isinstance(default, ByPath):
+    raise TypeError(f"{fn}: default must be a number or a schedule, not a by_path.")
+  return ByPath(tuple(out), default)
+
+
+# --- Resolved hyperparameters ----------------------------------------------------
+
+
+def _to_float(v: jax.Array) -> jax.Array:
+  if not jnp.issubdtype(v.dtype, jnp.floating):
+    v = v.astype(_checks.default_float())
+  return v
+
+
+class Hyper:
+  """A checked hyperparameter: a number, a schedule or a traced value.
+
+  Call it with the step count (the number of updates done before this one)
+  to get the value used at that step, a float scalar array, checked:
+  a schedule's output must be a real scalar; a concrete value outside the
+  range raises ``ValueError`` naming the stage, the argument and the step;
+  a traced value outside the range (or not finite) becomes NaN.
+
+  Attributes:
+    fn, name: the stage and the argument, for messages.
+    value: what was given.
+    range: the values allowed.
+  """
+
+  def __init__(self, fn: str, name: str, value: Any, rng: Range):
+    self.fn, self.name, self.value, self.range = fn, name, value, rng
+    self.is_schedule = callable(value)
+    self.constant: float | None = None
+    if not self.is_schedule:
+      self.constant = real(
+        fn,
+        name,
+        value,
+        low=rng.low,
+        high=rng.high,
+        low_open=rng.low_open,
+        high_open=rng.high_open,
+        fix=rng.fix,
+      )
+
+  def __call__(self, count: Any) -> jax.Array:
+    if self.is_schedule:
+      out = _checks.schedule_output(self.fn, self.name, self.value(count))
+    else:
+      out = jnp.asarray(self.value)
+    return self.check(_to_float(out), count)
+
+  def check(self, v: jax.Array, count: Any) -> jax.Array:
+    """``v`` if in range; else ``ValueError`` (concrete) or NaN (traced)."""
+    if _checks.is_traced(v):
+      return jnp.where(self.range.holds_traced(v), v, jnp.nan).astype(v.dtype)
+    x = float(v)
+    if not self.range.holds(x):
+      at = "" if _checks.is_traced(count) else f" at step {int(count)}"
+      what = "a schedule's value" if self.is_schedule else "the value"
+      raise ValueError(
+        f"{self.fn}: {self.name}{at} is {x!r} ({what}); it must be in "
+        f"{self.range.text()}.{_suffix(self.range.fix)}"
+      )
+    return v
+
+
+def resolve(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = True,
+  fix: str = "",
+) -> Hyper:
+  """A :class:`Hyper` for ``value`` (a number, a schedule or a traced value).
+
+  A number is checked now (:func:`real`); a schedule's values and a traced
+  value are checked at each step (see :class:`Hyper`). A :class:`ByPath` is
+  refused here: a stage that takes values by path uses :func:`resolve_by_path`.
+  """
+  if isinstance(value, ByPath):
+    raise TypeError(
+      f"{fn}: {name} does not take values by path (by_path); pass one number "
+      "or schedule, or use optaxtra.scale_by_path for per-path learning-rate "
+      "multipliers."
+    )
+  return Hyper(fn, name, value, Range(low, high, low_open, high_open, fix))
+
+
+class PathHyper:
+  """A hyperparameter that may differ by parameter path.
+
+  For a plain value it behaves as one :class:`Hyper` shared by every leaf;
+  for a :class:`ByPath`, each rule's value is its own :class:`Hyper` (checked
+  in the same words, the rule named), bound to the params' paths at ``init``
+  with :meth:`assign`.
+  """
+
+  def __init__(self, fn: str, name: str, value: Any, rng: Range):
+    self.fn, self.name, self.value = fn, name, value
+    self.by_path = isinstance(value, ByPath)
+    if isinstance(value, ByPath):
+      self.labels = [f"{name}{label}" for label in value.labels()]
+      self.hypers = [
+        Hyper(fn, f"{name}{label}", v, rng)
+        for label, v in zip(value.labels(), value.values(), strict=True)
+      ]
+    else:
+      self.labels = [name]
+      self.hypers = [Hyper(fn, name, value, rng)]
+
+  def assign(self, paths: Sequence[str]) -> list[int]:
+    """Each path's index into :meth:`values` (all 0 for a plain value)."""
+    if isinstance(self.value, ByPath):
+      return self.value.assign(self.fn, self.name, paths)
+    return [0] * len(paths)
+
+  def values(self, count: Any) -> list[jax.Array]:
+    """The checked value of each rule (one for a plain value) at ``count``."""
+    return [h(count) for h in self.hypers]
+
+  @property
+  def constants(self) -> list[float | None]:
+    """Each rule's constant value, None for a schedule or a traced value."""
+    return [h.constant for h in self.hypers]
+
+
+def resolve_by_path(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = True,
+  fix: str = "",
+) -> PathHyper:
+  """A :class:`PathHyper` for a value that may be a :func:`by_path`."""
+  return PathHyper(fn, name, value, Range(low, high, low_open, high_open, fix))
+
+
+Schedule = Callable[[jax.Array], Any]
