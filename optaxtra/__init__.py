@@ -11,6 +11,7 @@ from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_
 from optaxtra._alias import AdamaxClippedState, adamax_clipped
 from optaxtra._average import AverageParamsState, average_params
 from optaxtra._average_decay import ema_from_first_update, ema_warmup, polyak
+from optaxtra._core.hyper import ByPath, by_path
 from optaxtra._coupling import decay_schedule
 from optaxtra._freeze import with_frozen
 from optaxtra._introspect.averaged import averaged_params
@@ -18,6 +19,12 @@ from optaxtra._introspect.declare import inspectable
 from optaxtra._introspect.describe import Description, describe
 from optaxtra._introspect.inspect import inspect
 from optaxtra._introspect.lr_scale import set_learning_rate_scale
+from optaxtra._introspect.migrate import (
+  MigrationReport,
+  checkpoint_target,
+  migrate_state,
+  migrates_from,
+)
 from optaxtra._learning_rate import (
   ScaleByLearningRateState,
   ScaleByScheduleState,
@@ -31,6 +38,7 @@ from optaxtra._scale_by_path import (
   layerwise_lr_decay,
   scale_by_path,
 )
+from optaxtra._skip_bad_steps import SkipBadStepsState, skip_bad_steps
 from optaxtra._weight_decay import (
   AddDecayedWeightsDecoupledState,
   add_decayed_weights_decoupled,
@@ -42,7 +50,9 @@ __all__ = [
   "AdamaxClippedState",
   "AddDecayedWeightsDecoupledState",
   "AverageParamsState",
+  "ByPath",
   "Description",
+  "MigrationReport",
   "RecordNormState",
   "ReduceOnPlateauState",
   "ScaleByAdamState",
@@ -50,10 +60,13 @@ __all__ = [
   "ScaleByLearningRateState",
   "ScaleByPathState",
   "ScaleByScheduleState",
+  "SkipBadStepsState",
   "adamax_clipped",
   "add_decayed_weights_decoupled",
   "average_params",
   "averaged_params",
+  "by_path",
+  "checkpoint_target",
   "decay_schedule",
   "describe",
   "ema_from_first_update",
@@ -62,6 +75,8 @@ __all__ = [
   "inspectable",
   "layerwise_lr_decay",
   "masks",
+  "migrate_state",
+  "migrates_from",
   "polyak",
   "record_norm",
   "reduce_on_plateau",
@@ -72,6 +87,7 @@ __all__ = [
   "scale_by_schedule",
   "schedules",
   "set_learning_rate_scale",
+  "skip_bad_steps",
   "testing",
   "with_frozen",
 ]

@@ -65,6 +65,7 @@ def scale_by_adam(
   nesterov: bool = False,
   bias_correction: bool = True,
   nu_dtype: Any | None = None,
+  epsilon_hat: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam, with the bias correction optional.
 
@@ -90,6 +91,22 @@ def scale_by_adam(
   ``u_t = mu_t / (sqrt(nu_t + eps_root) + eps)``: the update of BERT's
   ``AdamWeightDecayOptimizer``.
 
+  With ``epsilon_hat=True`` epsilon sits outside the bias correction, as in
+  TensorFlow 1's ``AdamOptimizer`` and Keras' ``Adam`` (the "epsilon hat" of
+  Kingma & Ba, end of Section 2): the whole step is multiplied by the bias
+  correction factor,
+
+  .. math::
+
+    u_t = \frac{\sqrt{1 - b_2^t}}{1 - b_1^t}
+      \frac{\mu_t}{\sqrt{\nu_t + \epsilon_{root}} + \epsilon},
+
+  which is the default update with ``eps`` replaced by
+  ``eps / sqrt(1 - b2**t)`` (larger early in training). With ``nesterov`` the
+  looked-ahead ``mu_hat`` is multiplied by ``sqrt(1 - b2**t)`` instead. With
+  ``bias_correction=False`` there is nothing to move epsilon out of, and the
+  flag changes nothing.
+
   The state also records the factor by which the bias correction scaled the
   step, so that :func:`optaxtra.inspect` can report Adam's effective step size
   ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``.
@@ -110,6 +127,9 @@ def scale_by_adam(
     nu_dtype: dtype of the second moment; by default the params' real dtype,
       but at least float32: in bfloat16, ``0.999 * nu`` rounds back to ``nu``
       and the average stops moving (Optax keeps ``nu`` in the params' dtype).
+    epsilon_hat: whether ``eps`` is added outside the bias correction (the
+      whole step is multiplied by ``sqrt(1 - b2**t) / (1 - b1**t)``), as
+      TensorFlow 1's and Keras' Adam do.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -124,6 +144,14 @@ def scale_by_adam(
     >>> updates["w"]  # 0.1 * g / sqrt(0.001 * g**2): uncorrected moments
     Array([ 3.16..., -3.16...], dtype=float32)
 
+    Keras' and TensorFlow 1's Adam, epsilon outside the bias correction:
+
+    >>> tx = optaxtra.scale_by_adam(eps=1e-3, epsilon_hat=True)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> updates, state = tx.update({"w": jnp.array([1e-3, -2.0])}, state)
+    >>> updates["w"]  # sqrt(0.001) * g / (sqrt(0.001) * |g| + eps)
+    Array([ 0.0306..., -0.9844...], dtype=float32)
+
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
@@ -137,6 +165,9 @@ def scale_by_adam(
   _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None, min_float32=True)
   _checks.check_flag(_FN, "bias_correction", bias_correction)
   _checks.check_flag(_FN, "nesterov", nesterov)
+  _checks.check_flag(_FN, "epsilon_hat", epsilon_hat)
+  # Epsilon outside the bias correction: the step times sqrt(1 - b2**t) / (1 - b1**t).
+  hat = bool(epsilon_hat) and bool(bias_correction)
   mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype, complex_ok=True)
   nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
 
@@ -204,9 +235,16 @@ def scale_by_adam(
           mu_hat = b1_ * (mu_new / bc[2]) + one_minus_b1 * (gc / bc[0])
         else:
           mu_hat = b1_ * mu_new + one_minus_b1 * gc
+      elif hat:  # Keras' and TF1's form: sqrt(1 - b2**t) / (1 - b1**t) * mu
+        mu_hat = (jnp.sqrt(bc[1]) / bc[0]) * mu_new
       else:
         mu_hat = mu_new / bc[0] if bias_correction else mu_new
-      nu_hat = nu_new / bc[1] if bias_correction else nu_new
+      if hat:  # eps outside the bias correction: nu as it is, the factor on top
+        if nesterov:
+          mu_hat = jnp.sqrt(bc[1]) * mu_hat
+        nu_hat = nu_new
+      else:
+        nu_hat = nu_new / bc[1] if bias_correction else nu_new
       out = mu_hat / (jnp.sqrt(nu_hat + eps_root_) + eps_)
       return out.astype(g.dtype), mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 

@@ -41,9 +41,10 @@ class ScaleByAdamaxClippedState(NamedTuple):
       share of gradient entries the last update clipped (0 before the first
       update and when ``clip=False``); None otherwise, so that it is neither
       computed nor reported by :func:`optaxtra.inspect`.
-    bias_correction: scalar factor the last update multiplied ``mu`` by,
-      ``1 / (1 - b1**count)`` with ``bias_correction=True``, else 1. Read by
-      :func:`optaxtra.inspect` for the effective learning rate.
+    bias_correction: with ``bias_correction=True``, the scalar factor the last
+      update multiplied ``mu`` by, ``1 / (1 - b1**count)``; None otherwise
+      (0.2 kept a 1.0 there). Read by :func:`optaxtra.inspect` for the
+      effective learning rate.
   """
 
   # A NamedTuple field named like tuple.count, as in Optax's states.
@@ -51,7 +52,7 @@ class ScaleByAdamaxClippedState(NamedTuple):
   mu: optax.Updates
   nu: optax.Updates
   clip_fraction: jax.Array | None
-  bias_correction: jax.Array
+  bias_correction: jax.Array | None
 
 
 def scale_by_adamax_clipped(
@@ -207,7 +208,9 @@ def scale_by_adamax_clipped(
       mu=mu,
       nu=nu,
       clip_fraction=jnp.zeros([], jnp.float32) if track else None,
-      bias_correction=jnp.ones([], _checks.default_float()),
+      bias_correction=(
+        jnp.ones([], _checks.default_float()) if bias_correction else None
+      ),
     )
 
   def update_fn(updates, state, params=None):
@@ -281,16 +284,13 @@ def scale_by_adamax_clipped(
       )
       clip_fraction = (n_clipped / max(total, 1)).astype(jnp.float32)
     fdt = _checks.default_float()
-    if bias_correction:
-      bc = bias_correction_factor(b1, None, count, fdt)
-    else:
-      bc = jnp.ones([], fdt)
+    bc = bias_correction_factor(b1, None, count, fdt) if bias_correction else None
     return new_updates, ScaleByAdamaxClippedState(
       count=count,
       mu=mu,
       nu=nu,
       clip_fraction=clip_fraction,
-      bias_correction=bc.astype(fdt),
+      bias_correction=None if bc is None else bc.astype(fdt),
     )
 
   # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty

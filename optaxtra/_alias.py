@@ -6,27 +6,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
 from optaxtra._core import checks as _checks
+from optaxtra._core.paths import paths as masks_paths
 from optaxtra._coupling import Coupling, decay_schedule
 from optaxtra._introspect.declare import inspectable
-from optaxtra._learning_rate import (
-  ScalarOrSchedule,
-  ScaleByLearningRateState,
-  scale_by_learning_rate,
-)
-from optaxtra._weight_decay import (
-  AddDecayedWeightsDecoupledState,
-  add_decayed_weights_decoupled,
-  check_rate,
-  decay_rate_fn,
-  decay_updates,
-)
+from optaxtra._learning_rate import LearningRate, ScalarOrSchedule
+from optaxtra._weight_decay import Decay, decay_updates
 
 _FN = "adamax_clipped"
 _DECAY_FN = "add_decayed_weights_decoupled"  # messages name the stage computing
@@ -213,11 +203,11 @@ def adamax_clipped(
     nu_dtype=nu_dtype,
     track_clip_fraction=track_clip_fraction,
   )
-  lr_stage = scale_by_learning_rate(learning_rate)
-  decay = add_decayed_weights_decoupled(
-    weight_decay, schedule=schedule, mask=weight_decay_mask
-  )
-  decay_rate = decay_rate_fn(_DECAY_FN, weight_decay, schedule)
+  # The learning-rate and decay kernels of the building blocks, not copies:
+  # the same checks, the same arithmetic, so the alias equals the chain to
+  # the bit (tests/test_alias.py compares them).
+  lr = LearningRate(_FN, learning_rate)
+  decay = Decay(_DECAY_FN, weight_decay, schedule)
   # A decay coupled to the learning rate follows its scale, as in PyTorch,
   # where the decay of AdamW is lr * weight_decay with the group's lr.
   coupled = weight_decay_coupling != "independent"
@@ -227,29 +217,29 @@ def adamax_clipped(
   decays = not (
     isinstance(weight_decay, int | float | np.generic) and float(weight_decay) == 0.0
   )
-  fdt = _checks.default_float()
-
-  def coefficient(count):
-    wd = weight_decay(count) if callable(weight_decay) else weight_decay
-    wd = _checks.schedule_output(_FN, "weight_decay", wd)
-    # A copy: optax.inject_hyperparams hands over its own array, and a state
-    # sharing it could not be donated.
-    return jnp.array(wd, fdt, copy=True) if decays else None
+  if coupled and decays and lr.value.by_path:
+    raise ValueError(
+      f"{_FN}: a learning rate by path with a decay coupled to it is not "
+      "supported here; use optaxtra.adamw, whose every hyperparameter may be "
+      "given by path, or weight_decay_coupling='independent'."
+    )
 
   def init_fn(params):
     a = cast(ScaleByAdamaxClippedState, adamax.init(params))
-    lr = cast(ScaleByLearningRateState, lr_stage.init(params))
-    d = cast(AddDecayedWeightsDecoupledState, decay.init(params)) if decays else None
+    rates = wds = None
+    if decays:
+      decay.wd.assign(masks_paths(params))
+      wds, rates = decay.rates(a.count)
     return AdamaxClippedState(
       count=a.count,
       mu=a.mu,
       nu=a.nu,
-      learning_rate=lr.learning_rate,
-      learning_rate_scale=lr.scale,
-      weight_decay=coefficient(a.count) if decays else None,
-      decay_rate=d.decay_rate if d is not None else None,
+      learning_rate=lr.init_value(params),
+      learning_rate_scale=lr.init_scale(),
+      weight_decay=decay.record(wds) if wds is not None else None,
+      decay_rate=decay.record(rates) if rates is not None else None,
       clip_fraction=a.clip_fraction,
-      bias_correction=a.bias_correction if bias_correction else None,
+      bias_correction=a.bias_correction,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -262,41 +252,33 @@ def adamax_clipped(
         "params)."
       )
     count = state.count
-    bc = state.bias_correction
     a = ScaleByAdamaxClippedState(
-      count,
-      state.mu,
-      state.nu,
-      state.clip_fraction,
-      jnp.ones([], fdt) if bc is None else bc,
+      count, state.mu, state.nu, state.clip_fraction, state.bias_correction
     )
     # Its optional fields are None, which optax.OptState does not spell.
     updates, new = adamax.update(updates, cast(Any, a))
     a = cast(ScaleByAdamaxClippedState, new)
-    scale = state.learning_rate_scale
-    updates, new = lr_stage.update(
-      updates, ScaleByLearningRateState(count, state.learning_rate, scale)
-    )
-    lr = cast(ScaleByLearningRateState, new)
-    rate = None
+    updates, used = lr.apply(updates, count, state.learning_rate_scale)
+    rates = wds = None
     if decays:
       _checks.check_updates_match(_DECAY_FN, updates, params, "params")
-      r = decay_rate(count)
-      if coupled:
-        r = r * scale.astype(r.dtype)  # 1.0 * r is r to the bit
-      check_rate(_DECAY_FN, r, count)
-      updates = decay_updates(_DECAY_FN, updates, params, r, weight_decay_mask)
-      rate = r.astype(fdt)
+      wds, rates = decay.rates(
+        count, scale=state.learning_rate_scale if coupled else None
+      )
+      index = decay.wd.assign(masks_paths(params))
+      updates = decay_updates(
+        _DECAY_FN, updates, params, rates, index, weight_decay_mask
+      )
     return updates, AdamaxClippedState(
       count=a.count,
       mu=a.mu,
       nu=a.nu,
-      learning_rate=lr.learning_rate,
-      learning_rate_scale=scale,
-      weight_decay=coefficient(count),
-      decay_rate=rate,
+      learning_rate=used,
+      learning_rate_scale=state.learning_rate_scale,
+      weight_decay=decay.record(wds) if wds is not None else None,
+      decay_rate=decay.record(rates) if rates is not None else None,
       clip_fraction=a.clip_fraction,
-      bias_correction=a.bias_correction if bias_correction else None,
+      bias_correction=a.bias_correction,
     )
 
   # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty

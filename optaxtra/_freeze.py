@@ -10,10 +10,9 @@ import jax
 import optax
 
 from optaxtra._core.masking import resolve_mask
-from optaxtra._core.paths import show
+from optaxtra._core.paths import paths, show
 from optaxtra._core.patterns import Patterns
 from optaxtra.masks._mask import path_mask
-from optaxtra.masks._walk import paths
 
 _FROZEN = "frozen"
 _TRAINABLE = "trainable"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,8 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
+from optaxtra._core import paths as _paths
 from optaxtra._core.dtypes import compute_dtype
 from optaxtra._core.numerics import safe_increment
 from optaxtra._introspect.declare import inspectable
@@ -71,14 +72,6 @@ def _scalar(fn: str, name: str, value: ArrayLike) -> jax.Array:
   return v
 
 
-def _check_nonnegative(fn: str, name: str, value: jax.Array, count: int) -> None:
-  if not _checks.is_traced(value) and float(value) < 0:
-    raise ValueError(
-      f"{fn}: {name} at step {count} is {float(value):.6g}; it must be >= 0. "
-      "To follow the gradient upwards use flip_sign=False instead."
-    )
-
-
 def _scale(updates, step_size: jax.Array):
   def leaf(g):
     dt = compute_dtype(g, step_size)
@@ -87,47 +80,99 @@ def _scale(updates, step_size: jax.Array):
   return jax.tree.map(leaf, updates)
 
 
+def _per_leaf(updates: Any, factors: list[jax.Array], index: list[int]) -> Any:
+  """Each leaf of ``updates`` times its group's factor (``index`` per entry)."""
+  entries, treedef = _paths.walk(updates)
+
+  def leaf(g, f):
+    dt = compute_dtype(g, f)
+    return (g.astype(dt) * f.astype(dt)).astype(g.dtype)
+
+  out = [
+    None if e.masked else leaf(e.value, factors[i])
+    for e, i in zip(entries, index, strict=True)
+  ]
+  return _paths.rebuild(entries, treedef, out)
+
+
+class LearningRate:
+  """The learning-rate kernel: values by step (and by path), a scale, a sign.
+
+  Shared by :func:`scale_by_learning_rate`, :func:`scale_by_schedule` and the
+  ready-made optimizers, so that they check and compute the same way. For a
+  value by path (:func:`optaxtra.by_path`) the recorded value and the scale
+  are dicts keyed by rule (``"[<pattern>]"``, ``"[default]"``), and each leaf
+  is multiplied by its rule's value.
+  """
+
+  def __init__(
+    self,
+    fn: str,
+    value: Any,
+    *,
+    name: str = "learning_rate",
+    sign: float = -1.0,
+    low: float | None = 0.0,
+    fix: str = "To follow the gradient upwards use flip_sign=False instead.",
+  ):
+    self.value = _hyper.resolve_by_path(fn, name, value, low=low, fix=fix)
+    self.sign = sign
+    self.keys = [label[len(name) :] for label in self.value.labels]
+
+  def record(self, vals: list[jax.Array]) -> Any:
+    """The values as the state holds them: a scalar, or a dict by rule."""
+    fdt = _checks.default_float()
+    # A copy: under inject_hyperparams a value may be the hyperparams' own
+    # array, and two state leaves sharing one buffer cannot both be donated.
+    rec = [jnp.array(v, fdt, copy=True) for v in vals]
+    return dict(zip(self.keys, rec, strict=True)) if self.value.by_path else rec[0]
+
+  def init_value(self, params: Any) -> Any:
+    """The recorded value before the first update (a by_path checked here)."""
+    self.value.assign(_paths.paths(params))
+    return self.record(self.value.values(jnp.zeros([], jnp.int32)))
+
+  def init_scale(self) -> Any:
+    ones = [jnp.ones([], jnp.float32) for _ in self.keys]
+    return dict(zip(self.keys, ones, strict=True)) if self.value.by_path else ones[0]
+
+  def apply(self, updates: Any, count: Any, scale: Any = None) -> tuple[Any, Any]:
+    """``updates`` times ``sign * scale * value(count)``, and the value used."""
+    vals = self.value.values(count)
+    if scale is not None:
+      scales = list(scale.values()) if self.value.by_path else [scale]
+      # 1.0 * x is x to the bit: with the scale at 1 nothing changes.
+      vals = [v * s.astype(v.dtype) for v, s in zip(vals, scales, strict=True)]
+    factors = vals if self.sign == 1 else [-v for v in vals]
+    if self.value.by_path:
+      index = self.value.assign([e.path for e in _paths.walk(updates)[0]])
+      updates = _per_leaf(updates, factors, index)
+    else:
+      updates = _scale(updates, factors[0])
+    return updates, self.record([v.astype(_checks.default_float()) for v in vals])
+
+
 def _stage(
-  fn: str,
-  name: str,
-  value_fn: Callable[[jax.Array], ArrayLike],
-  sign: float,
-  state_cls: type,
-  *,
-  nonnegative: bool,
-  scaled: bool = False,
+  fn: str, lr: LearningRate, state_cls: type, *, scaled: bool = False
 ) -> optax.GradientTransformation:
-  """A stage that multiplies by ``sign * value_fn(count)`` and records it;
-  ``scaled`` also multiplies by the state's ``scale``."""
-  fdt = _checks.default_float()
+  """A stage that applies ``lr`` and records the value it used;
+  ``scaled`` keeps a learning-rate scale in the state."""
 
   def init_fn(params):
-    del params
     count = jnp.zeros([], jnp.int32)
-    value = _scalar(fn, name, value_fn(count))
-    if nonnegative:
-      _check_nonnegative(fn, name, value, 0)
-    # A copy: under inject_hyperparams value may be the hyperparams' own array,
-    # and two state leaves sharing one buffer cannot both be donated.
-    recorded = jnp.array(value, fdt, copy=True)
+    recorded = lr.init_value(params)
     if scaled:
-      return state_cls(count, recorded, jnp.ones([], jnp.float32))
+      return state_cls(count, recorded, lr.init_scale())
     return state_cls(count, recorded)
 
   def update_fn(updates, state, params=None):
     del params
     _checks.check_state(fn, state, state_cls)
     _checks.check_float_updates(fn, updates, complex_ok=True)
-    value = _scalar(fn, name, value_fn(state.count))
-    extra = ()
-    if scaled:
-      # 1.0 * x is x to the bit: with the scale at 1 nothing changes.
-      value = value * state.scale.astype(value.dtype)
-      extra = (state.scale,)
-    factor = value if sign == 1 else -value
-    return _scale(updates, factor), state_cls(
-      safe_increment(state.count), value.astype(fdt), *extra
-    )
+    scale = state.scale if scaled else None
+    updates, used = lr.apply(updates, state.count, scale)
+    extra = (state.scale,) if scaled else ()
+    return updates, state_cls(safe_increment(state.count), used, *extra)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -168,14 +213,9 @@ def scale_by_schedule(
       f"got {step_size_fn!r}. For a constant use optax.scale or "
       "optaxtra.scale_by_learning_rate."
     )
-  return _stage(
-    "scale_by_schedule",
-    "step_size_fn",
-    step_size_fn,
-    1.0,
-    ScaleByScheduleState,
-    nonnegative=False,
-  )
+  fn = "scale_by_schedule"
+  lr = LearningRate(fn, step_size_fn, name="step_size_fn", sign=1.0, low=None, fix="")
+  return _stage(fn, lr, ScaleByScheduleState)
 
 
 def scale_by_learning_rate(
@@ -224,32 +264,10 @@ def scale_by_learning_rate(
   """
   fn = "scale_by_learning_rate"
   _checks.check_flag(fn, "flip_sign", flip_sign)
-  value_fn: Callable[[jax.Array], ArrayLike]
-  if callable(learning_rate):
-    value_fn = learning_rate
-  else:
-    _checks.check_scalar(
-      fn,
-      "learning_rate",
-      learning_rate,
-      low=0.0,
-      high=None,
-      fix="To follow the gradient upwards use flip_sign=False instead.",
-    )
-
-    def constant(count: jax.Array) -> ArrayLike:
-      del count
-      return learning_rate
-
-    value_fn = constant
-
   sign = -1.0 if flip_sign else 1.0
   return _stage(
     fn,
-    "learning_rate",
-    value_fn,
-    sign,
+    LearningRate(fn, learning_rate, sign=sign),
     ScaleByLearningRateState,
-    nonnegative=True,
     scaled=True,
   )

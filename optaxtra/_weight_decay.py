@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
+from optaxtra._core import paths as _paths
 from optaxtra._core.dtypes import compute_dtype
 from optaxtra._core.masking import resolve_mask
 from optaxtra._core.numerics import safe_increment
@@ -19,7 +21,7 @@ from optaxtra._learning_rate import ScalarOrSchedule
 _FN = "add_decayed_weights_decoupled"
 
 
-@inspectable(values=["count", "decay_rate"])
+@inspectable(values=["count", "weight_decay", "decay_rate"])
 class AddDecayedWeightsDecoupledState(NamedTuple):
   """State of :func:`optaxtra.add_decayed_weights_decoupled`.
 
@@ -29,74 +31,135 @@ class AddDecayedWeightsDecoupledState(NamedTuple):
       ``weight_decay(t) * schedule(t)``, the share of each weight it removed;
       before the first update, the rate the first update will apply.
       (Called ``weight_decay`` in optaxtra 0.1.)
+    weight_decay: the coefficient as given, ``weight_decay(t)``, at the same
+      step (new in 0.3: ``optaxtra.migrate_state`` carries a 0.2 state over).
+
+  With ``weight_decay`` given by path (:func:`optaxtra.by_path`),
+  ``weight_decay`` and ``decay_rate`` are dicts keyed by rule
+  (``"[<pattern>]"``, ``"[default]"``).
   """
 
   # A NamedTuple field named like tuple.count, as in Optax's states.
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
-  decay_rate: jax.Array
+  decay_rate: Any
+  weight_decay: Any
 
 
-def _value(v: ScalarOrSchedule | None, count: jax.Array) -> Any:
-  if v is None:
-    return 1.0
-  return v(count) if callable(v) else v
+_RATE = _hyper.Range(
+  0.0,
+  1.0,
+  fix="It is the share of each weight removed per step, so 1 zeroes the "
+  "weights and more flips their sign. With schedule=learning_rate, "
+  "weight_decay is a coefficient such as 1e-2 (PyTorch's AdamW default), not "
+  "a rate per step.",
+)
+_REQUIRED: Any = object()  # schedule has no default: the coupling is written out
+_COUPLINGS_TEXT = (
+  "schedule=learning_rate for PyTorch's and Keras' AdamW and optax.adamw "
+  "(decay scaled by the learning rate), schedule=lambda t: "
+  "learning_rate(t) / peak_learning_rate for Loshchilov & Hutter's, or "
+  "schedule=None for TF-Addons' (decay independent of the learning rate)"
+)
 
 
-def decay_rate_fn(
-  fn: str, weight_decay: ScalarOrSchedule, schedule: ScalarOrSchedule | None
-) -> Callable[[jax.Array], jax.Array]:
-  """``count -> weight_decay(count) * schedule(count)``, a floating scalar."""
-  fdt = _checks.default_float()
+class Decay:
+  """The decoupled decay's numbers: coefficients and rates, by rule.
 
-  def rate(count):
-    wd = _checks.schedule_output(fn, "weight_decay", _value(weight_decay, count))
-    sc = _checks.schedule_output(fn, "schedule", _value(schedule, count))
-    r = wd * sc
-    if not jnp.issubdtype(r.dtype, jnp.floating):
-      r = r.astype(fdt)
-    return r
+  ``weight_decay`` may be given by path; ``schedule`` is one value for all.
+  :meth:`rates` gives, per rule, the coefficient and the rate
+  ``weight_decay(t) * schedule(t)``, checked to lie in [0, 1).
+  """
 
-  return rate
+  def __init__(self, fn: str, weight_decay: Any, schedule: Any):
+    self.fn = fn
+    self.wd = _hyper.resolve_by_path(fn, "weight_decay", weight_decay, low=0.0)
+    self.schedule = (
+      None
+      if schedule is None
+      else _hyper.resolve(
+        fn,
+        "schedule",
+        schedule,
+        low=0.0,
+        fix="It is the eta_t that couples the decay to the learning rate.",
+      )
+    )
+    self.rate = _hyper.Hyper(fn, "weight_decay * schedule", 0.0, _RATE)
+    self.keys = [label[len("weight_decay") :] for label in self.wd.labels]
+    self.zero = all(c == 0.0 for c in self.wd.constants)
+
+  def rates(
+    self, count: Any, *, scale: Any = None
+  ) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The coefficients and the checked rates of each rule at ``count``;
+    ``scale`` (a learning-rate scale the decay is coupled to) multiplies the
+    rates."""
+    wds = self.wd.values(count)
+    sc = None if self.schedule is None else self.schedule(count)
+    rates = [wd if sc is None else wd * sc for wd in wds]
+    rates = [
+      r if jnp.issubdtype(r.dtype, jnp.floating) else r.astype(_checks.default_float())
+      for r in rates
+    ]
+    if scale is not None:
+      rates = [r * scale.astype(r.dtype) for r in rates]  # 1.0 * r is r to the bit
+    return wds, [self.rate.check(r, count) for r in rates]
+
+  def record(self, values: list[jax.Array]) -> Any:
+    """``values`` as the state holds them: a scalar, or a dict by rule."""
+    fdt = _checks.default_float()
+    # A copy: optax.inject_hyperparams hands over its own arrays, and a state
+    # sharing them could not be donated.
+    out = [jnp.array(v, fdt, copy=True) for v in values]
+    return dict(zip(self.keys, out, strict=True)) if self.wd.by_path else out[0]
 
 
-def check_rate(fn: str, r: jax.Array, count: jax.Array) -> None:
-  """Raises for a concrete per-step rate outside [0, 1)."""
-  if _checks.is_traced(r) or 0 <= float(r) < 1:
-    return
-  at = "" if _checks.is_traced(count) else f" at step {int(count)}"
-  raise ValueError(
-    f"{fn}: weight_decay * schedule is {float(r)!r}{at}; it must be in [0, 1) "
-    "(1 zeroes the weights, more flips their sign). Check the schedules' "
-    "values at that step."
-  )
+def decay_updates(
+  fn: str,
+  updates: Any,
+  params: Any,
+  rates: list[jax.Array],
+  index: list[int],
+  mask: Any,
+) -> Any:
+  """``updates - rate * params`` on the leaves ``mask`` selects (all for None);
+  ``index`` gives each parameter's rule in ``rates``."""
+  pairs = _paths.match(fn, params, updates, a_is="the params", b_is="the updates")
+  flags = resolve_mask(fn, mask, params) if mask is not None else [True] * len(pairs)
+  u_entries, treedef = _paths.walk(updates)
 
-
-def decay_updates(fn: str, updates: Any, params: Any, r: jax.Array, mask: Any) -> Any:
-  """``updates - r * params`` on the leaves ``mask`` selects (all for None)."""
-  flags = (
-    resolve_mask(fn, mask, params)
-    if mask is not None
-    else [True] * len(jax.tree.leaves(params))
-  )
-
-  def leaf(u, p):
+  def leaf(u, p, r):
     dt = compute_dtype(u, p, r)
     return (u.astype(dt) - r.astype(dt) * p.astype(dt)).astype(u.dtype)
 
-  treedef = jax.tree.structure(params)
+  live = [(p, u) for p, u in pairs if not (p.masked or u.masked)]
   out = [
-    leaf(u, p) if f else u
-    for u, p, f in zip(
-      jax.tree.leaves(updates), jax.tree.leaves(params), flags, strict=True
-    )
+    leaf(u.value, p.value, rates[i]) if f else u.value
+    for (p, u), f, i in zip(live, flags, index, strict=True)
   ]
-  return treedef.unflatten(out)
+  it = iter(out)
+  return _paths.rebuild(
+    u_entries, treedef, [None if e.masked else next(it) for e in u_entries]
+  )
+
+
+def coupling_argument(fn: str, schedule: Any) -> Any:
+  """``schedule``, or ``TypeError`` when it was left out (no default)."""
+  if schedule is _REQUIRED:
+    raise TypeError(
+      f"{fn}: pass schedule= to say how the decay is coupled to the learning "
+      f"rate: {_COUPLINGS_TEXT}. It has no default, since each framework "
+      "means something else by weight_decay (the same 0.1 removes 10% of "
+      "every weight per step with schedule=None, 0.01% with a learning rate "
+      "of 1e-3)."
+    )
+  return schedule
 
 
 def add_decayed_weights_decoupled(
   weight_decay: ScalarOrSchedule,
   *,
-  schedule: ScalarOrSchedule | None = None,
+  schedule: ScalarOrSchedule | None = _REQUIRED,
   mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Adds decoupled weight decay, ``-weight_decay(t) * schedule(t) * params``.
@@ -128,15 +191,22 @@ def add_decayed_weights_decoupled(
   the weights by ``1e-5`` of themselves per step, exactly as
   ``torch.optim.AdamW(lr=1e-3, weight_decay=1e-2)`` does.
 
+  ``schedule`` has no default: a port of ``optax.adamw(weight_decay=0.1)``
+  that left it out would remove 10% of every weight per step instead of
+  ``0.1 * lr``. Leaving it out raises ``TypeError`` with the table above.
+
   Args:
-    weight_decay: the non-negative decay coefficient, a float or a schedule
-      (int32 step -> value).
-    schedule: the multiplier ``eta_t``, a float or a schedule; None means 1.
+    weight_decay: the non-negative decay coefficient, a float, a schedule
+      (int32 step -> value), or values by parameter path
+      (:func:`optaxtra.by_path`, e.g. no decay on one group).
+    schedule: the multiplier ``eta_t``, a float or a schedule; None means 1
+      (TF-Addons' coupling), written out.
       The product ``weight_decay(t) * schedule(t)`` is the share of each
       weight removed per step and must lie in [0, 1): 1 zeroes the weights,
       more flips their sign. It is checked at init (step 0) and at every step
-      whose value is concrete; a traced value is used as it is and recorded
-      in the state's ``decay_rate``, where :func:`optaxtra.inspect` shows it.
+      whose value is concrete; a traced value outside [0, 1) (under
+      ``jax.jit``) becomes NaN, so the decayed weights turn NaN where you see
+      them, and is recorded in the state's ``decay_rate``.
       Schedules must return real scalars (``TypeError`` for None, strings,
       bools and complex numbers, even under ``jax.jit``).
     mask: which parameters to decay: a tree of bools with the params'
@@ -171,33 +241,20 @@ def add_decayed_weights_decoupled(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  _checks.check_scalar(_FN, "weight_decay", weight_decay, low=0.0, high=None)
-  if schedule is not None:
-    _checks.check_scalar(_FN, "schedule", schedule, low=0.0, high=None)
-  fdt = _checks.default_float()
-  zero = (
-    not callable(weight_decay)
-    and not _checks.is_traced(weight_decay)
-    and _checks.concrete_scalar(weight_decay) == 0.0
-  )
-
-  rate = decay_rate_fn(_FN, weight_decay, schedule)
+  schedule = coupling_argument(_FN, schedule)
+  decay = Decay(_FN, weight_decay, schedule)
 
   def init_fn(params):
     # optax.tree_map_params calls init with a leafless placeholder: no mask
     # can (or need) be resolved on it.
     if mask is not None and jax.tree.leaves(params):
       resolve_mask(_FN, mask, params)
-    r = rate(jnp.zeros([], jnp.int32))
-    if not _checks.is_traced(r) and not 0 <= float(r) < 1:
-      raise ValueError(
-        f"{_FN}: weight_decay * schedule is {float(r)!r} at step 0; it must be "
-        "in [0, 1): it is the share of each weight removed per step, so 1 "
-        "zeroes the weights and more flips their sign. With "
-        "schedule=learning_rate, weight_decay is a coefficient such as 1e-2 "
-        "(PyTorch's AdamW default), not a rate per step."
-      )
-    return AddDecayedWeightsDecoupledState(jnp.zeros([], jnp.int32), r.astype(fdt))
+    decay.wd.assign(_paths.paths(params))  # a by_path's rules checked here
+    count = jnp.zeros([], jnp.int32)
+    wds, rates = decay.rates(count)
+    return AddDecayedWeightsDecoupledState(
+      count, decay.record(rates), decay.record(wds)
+    )
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -214,13 +271,13 @@ def add_decayed_weights_decoupled(
       what="params",
       complex_ok=True,
     )
-    r = rate(state.count)
-    check_rate(_FN, r, state.count)
+    wds, rates = decay.rates(state.count)
     new_state = AddDecayedWeightsDecoupledState(
-      safe_increment(state.count), r.astype(fdt)
+      safe_increment(state.count), decay.record(rates), decay.record(wds)
     )
-    if zero:
+    if decay.zero:
       return updates, new_state
-    return decay_updates(_FN, updates, params, r, mask), new_state
+    index = decay.wd.assign(_paths.paths(params))
+    return decay_updates(_FN, updates, params, rates, index, mask), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -54,12 +54,18 @@ HYPERPARAMETERS = [
   (lambda: optaxtra.scale_by_adam(nesterov=1), TypeError, "nesterov must be True"),
   (lambda: optaxtra.scale_by_learning_rate(INF), ValueError, "learning_rate"),
   (lambda: optaxtra.scale_by_learning_rate(math.nan), ValueError, "learning_rate"),
-  (lambda: optaxtra.add_decayed_weights_decoupled(INF), ValueError, "weight_decay"),
+  (
+    lambda: optaxtra.add_decayed_weights_decoupled(INF, schedule=None),
+    ValueError,
+    "weight_decay",
+  ),
   (lambda: optaxtra.adamax_clipped(INF), ValueError, "learning_rate"),
   (lambda: optaxtra.adamax_clipped(1e-3, weight_decay=INF), ValueError, "weight_decay"),
   # A per-step decay rate of 1 zeroes the weights, above 1 flips them.
   (
-    lambda: optaxtra.add_decayed_weights_decoupled(1.0).init({"w": jnp.ones(2)}),
+    lambda: optaxtra.add_decayed_weights_decoupled(1.0, schedule=None).init(
+      {"w": jnp.ones(2)}
+    ),
     ValueError,
     r"weight_decay \* schedule is 1.0 at step 0; it must be in \[0, 1\)",
   ),
@@ -117,7 +123,7 @@ def test_learning_rate_schedule_outputs(value, error, match, jit):
 @pytest.mark.parametrize(("value", "error", "match"), BAD_OUTPUTS)
 def test_weight_decay_schedule_outputs(value, error, match):
   match = match.replace("learning_rate", "weight_decay")
-  tx = optaxtra.add_decayed_weights_decoupled(_constant(value))
+  tx = optaxtra.add_decayed_weights_decoupled(_constant(value), schedule=None)
   with pytest.raises(error, match=match):
     tx.init({"w": jnp.ones(2)})
 
@@ -129,17 +135,24 @@ def test_integer_schedule_values_are_numbers():
   assert state.learning_rate.dtype == jnp.float32
 
 
-def test_traced_negative_learning_rate_is_recorded_not_hidden():
-  # Documented limit: a traced value's number cannot be checked; the value the
-  # update used is in the state, where optaxtra.inspect shows it.
+def test_traced_negative_learning_rate_is_a_visible_nan_never_ascent():
+  # A traced value's number cannot be checked when the update is traced: a
+  # learning rate that goes negative under jit becomes NaN, in the updates
+  # and in the state (inspect), never a silent change of sign (ascent).
   tx = optaxtra.scale_by_learning_rate(lambda n: 0.1 - 0.2 * n)
   params = {"w": jnp.ones(2)}
   state = tx.init(params)
   update = jax.jit(tx.update)
-  for _ in range(2):
-    updates, state = update({"w": jnp.ones(2)}, state)
-  assert float(optaxtra.inspect(state)["learning_rate"]) == pytest.approx(-0.1)
-  np.testing.assert_allclose(updates["w"], 0.1, rtol=1e-6)
+  updates, state = update({"w": jnp.ones(2)}, state)
+  np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-6)
+  updates, state = update({"w": jnp.ones(2)}, state)
+  assert np.isnan(float(optaxtra.inspect(state)["learning_rate"]))
+  assert np.isnan(np.asarray(updates["w"])).all()
+  # Eagerly, the same schedule is refused at the step where it goes bad.
+  state = tx.init(params)
+  _, state = tx.update({"w": jnp.ones(2)}, state)
+  with pytest.raises(ValueError, match=r"learning_rate is -0.1 at step 1"):
+    tx.update({"w": jnp.ones(2)}, state)
 
 
 # --------------------------------------------------------------------------
@@ -238,7 +251,7 @@ COMPLEX = {
     lambda: optax.chain(
       optaxtra.scale_by_adam(),
       optaxtra.scale_by_learning_rate(1e-2),
-      optaxtra.add_decayed_weights_decoupled(1e-3),
+      optaxtra.add_decayed_weights_decoupled(1e-3, schedule=None),
     ),
     lambda: optax.chain(
       optax.scale_by_adam(),
@@ -313,13 +326,16 @@ def test_scale_by_adam_takes_optaxs_positional_arguments():
 
 
 def test_decay_rate_reaching_one_later_is_refused_eagerly_and_recorded_under_jit():
-  tx = optaxtra.add_decayed_weights_decoupled(lambda n: 0.5 * n)  # 1.0 at step 2
+  tx = optaxtra.add_decayed_weights_decoupled(
+    lambda n: 0.5 * n, schedule=None
+  )  # 1.0 at step 2
   params = {"w": jnp.ones(2)}
   state = tx.init(params)
   for _ in range(2):
     _, state = tx.update({"w": jnp.zeros(2)}, state, params)
   with pytest.raises(ValueError, match=r"is 1.0 at step 2; it must be in \[0, 1\)"):
     tx.update({"w": jnp.zeros(2)}, state, params)
-  # Traced: used as it is, and visible in the state.
-  _, state = jax.jit(tx.update)({"w": jnp.zeros(2)}, state, params)
-  assert float(optaxtra.inspect(state)["decay_rate"]) == 1.0
+  # Traced: a NaN, in the decayed weights' updates and in the state.
+  updates, state = jax.jit(tx.update)({"w": jnp.zeros(2)}, state, params)
+  assert np.isnan(float(optaxtra.inspect(state)["decay_rate"]))
+  assert np.isnan(np.asarray(updates["w"])).all()

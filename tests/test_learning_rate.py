@@ -216,7 +216,7 @@ def test_inject_hyperparams_float64(x64):
     (
       lambda: optaxtra.scale_by_learning_rate(lambda n: -0.1).init(jnp.zeros(1)),
       ValueError,
-      "learning_rate at step 0 is -0.1; it must be >= 0",
+      r"learning_rate is -0.1 at step 0; it must be in \[0, inf\)",
     ),
     (
       lambda: optaxtra.scale_by_learning_rate(lambda n: jnp.ones(2)).init(jnp.zeros(1)),

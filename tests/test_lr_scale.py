@@ -138,15 +138,39 @@ def test_refusals_name_the_fix():
   with pytest.raises(ValueError, match="no optaxtra learning-rate stage"):
     optaxtra.set_learning_rate_scale(optax.adam(1e-3).init(_params()), 0.5)
   state = optaxtra.adamax_clipped(0.1).init(_params())
-  for bad in (-1.0, float("nan"), float("inf")):
-    with pytest.raises(ValueError, match="finite number >= 0"):
+  for bad in (-1.0, float("nan"), float("inf"), 1e39):  # 1e39 is inf in float32
+    with pytest.raises(ValueError, match=r"scale.* in \[0, inf\)"):
       optaxtra.set_learning_rate_scale(state, bad)
-  with pytest.raises(ValueError, match="must be a scalar"):
+  with pytest.raises(TypeError, match="must be a real scalar.*not a scalar"):
     optaxtra.set_learning_rate_scale(state, jnp.ones(2))
-  with pytest.raises(TypeError, match="real number"):
+  with pytest.raises(TypeError, match="not a string"):
     optaxtra.set_learning_rate_scale(state, "0.5")
-  with pytest.raises(TypeError, match="real number"):
+  with pytest.raises(TypeError, match="must be a number"):
     optaxtra.set_learning_rate_scale(state, True)
+  # The state of optax.inject_hyperparams: the fix is its own hyperparams.
+  inject = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+  with pytest.raises(ValueError, match=r"state.hyperparams\['learning_rate'\]"):
+    optaxtra.set_learning_rate_scale(inject.init(_params()), 0.5)
+
+
+def test_scale_of_one_group_of_a_learning_rate_by_path():
+  params = {"head": jnp.ones(2), "body": jnp.ones(2)}
+  tx = optaxtra.scale_by_learning_rate(optaxtra.by_path({"^head": 0.1}, default=0.01))
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  state = optaxtra.set_learning_rate_scale(state, 0.5, group="^head")
+  updates, state = step(params, state)
+  assert float(updates["head"][0]) == np.float32(-0.1) * np.float32(0.5)
+  assert float(updates["body"][0]) == np.float32(-0.01)
+  state = optaxtra.set_learning_rate_scale(state, 2.0, group="default")
+  updates, state = step(params, state)
+  assert float(updates["body"][0]) == np.float32(-0.01) * np.float32(2.0)
+  assert step._cache_size() == 1  # setting a group's scale never recompiles
+  info = optaxtra.inspect(state)
+  assert float(info["learning_rate[^head]"]) == np.float32(0.05)
+  assert float(info["learning_rate[default]"]) == np.float32(0.02)
+  with pytest.raises(ValueError, match=r"names no by_path rule.*'\^head', 'default'"):
+    optaxtra.set_learning_rate_scale(state, 1.0, group="^tail")
 
 
 @pytest.mark.heavy
@@ -183,7 +207,9 @@ def test_nnx_optimizer_state():
     lambda: optax.chain(
       optaxtra.scale_by_adamax_clipped(),
       optaxtra.scale_by_schedule(lambda n: -0.01 * (n + 1)),
-      optaxtra.add_decayed_weights_decoupled(1e-3, mask=masks.path_mask(include=["w"])),
+      optaxtra.add_decayed_weights_decoupled(
+        1e-3, mask=masks.path_mask(include=["w"]), schedule=None
+      ),
     ),
   ],
   ids=["adam_path", "alias_path_schedule", "stages"],

@@ -422,7 +422,8 @@ DECAY = masks.path_mask(exclude=BERT_EXCLUDE, strict=False)
     lambda: optax.masked(optax.add_decayed_weights(0.5), DECAY),
     lambda: optax.add_decayed_weights(0.5, mask=DECAY),
     lambda: optax.chain(
-      optaxtra.add_decayed_weights_decoupled(0.5, mask=DECAY), optax.scale(-1.0)
+      optaxtra.add_decayed_weights_decoupled(0.5, mask=DECAY, schedule=None),
+      optax.scale(-1.0),
     ),
     lambda: optax.transforms.partition(
       {"decay": optax.add_decayed_weights(0.5), "none": optax.identity()},

@@ -1,13 +1,14 @@
-"""scale_by_path and layerwise_lr_decay: multipliers by path, step by step."""
+"""scale_by_path: multipliers by path, step by step (layer-wise decay: test_layerwise)."""
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _deps import need
 
 import optaxtra
 
@@ -126,30 +127,51 @@ def test_scan_loop_and_check_transformation():
       {"^enc": 0.5},
       {},
       ValueError,
-      r"1 parameter path\(s\) match no rule.*'head/kernel'",
+      r"multipliers has no rule for 1 parameter\(s\): 'head/kernel'.*default=",
     ),
-    ({"^nope/": 0.5}, {"default": 1.0}, ValueError, r"'\^nope/'.*matches no"),
+    ({"^nope/": 0.5}, {"default": 1.0}, ValueError, r"rule '\^nope/' matches no"),
     (
       {"encoder": 0.5, "encoder/bias": 2.0},
       {"default": 1.0},
       ValueError,
-      r"'encoder/bias'.*labels nothing.*earlier rule",
+      r"rule 'encoder/bias' never applies.*earlier rule 'encoder'",
     ),
     (
       {"bias": -0.5},
       {"default": 1.0},
       ValueError,
-      r"multipliers\['bias'\] must be in \[0, inf\)",
+      r"multipliers\[bias\] must be in \[0, inf\), got -0.5",
     ),
-    ({"bias": float("nan")}, {"default": 1.0}, ValueError, r"multipliers\['bias'\]"),
-    ({"bias": 0.5}, {"default": -1.0}, ValueError, "default"),
+    ({"bias": float("nan")}, {"default": 1.0}, ValueError, r"multipliers\[bias\]"),
+    # inf in float32, the precision the multiplier is used in
+    (
+      {"bias": 1e39},
+      {"default": 1.0},
+      ValueError,
+      r"multipliers\[bias\]=1e\+39 overflows",
+    ),
+    ({"bias": 0.5}, {"default": -1.0}, ValueError, r"multipliers\[default\]"),
     (
       {"bias": lambda n: -1.0},
       {"default": 1.0},
       ValueError,
-      r"multipliers\['bias'\] at step 0 is -1.0",
+      r"multipliers\[bias\] at step 0 is -1 \(a schedule's value\)",
+    ),
+    # A schedule that is not finite at step 0 is refused at init.
+    (
+      {"bias": lambda n: jnp.inf},
+      {"default": 1.0},
+      ValueError,
+      r"multipliers\[bias\] at step 0 is inf",
+    ),
+    (
+      {"bias": lambda n: jnp.float32(jnp.nan)},
+      {"default": 1.0},
+      ValueError,
+      r"multipliers\[bias\] at step 0 is nan",
     ),
     ({"bias": lambda n: "x"}, {"default": 1.0}, TypeError, "bias"),
+    ({"bias": True}, {"default": 1.0}, TypeError, r"multipliers\[bias\]"),
     ({}, {}, ValueError, "multipliers is empty"),
     ({"(": 1.0}, {"default": 1.0}, ValueError, "multipliers"),
   ],
@@ -159,143 +181,100 @@ def test_bad_tables_are_refused_with_the_fix(multipliers, kwargs, error, match):
     optaxtra.scale_by_path(multipliers, **kwargs).init(_params())
 
 
-def test_a_tree_of_multipliers_is_refused():
-  with pytest.raises(TypeError, match="mapping pattern -> multiplier"):
-    optaxtra.scale_by_path([("bias", 0.5)])  # type: ignore[arg-type]
-
-
-# --- layer-wise decay ----------------------------------------------------------
-
-
-def _timm_scales(paths, decay, num_layers, layer_of):
-  """timm's param_groups_layer_decay: embeddings are layer 0, block i layer
-  i + 1, the rest layer num_layers + 1; scale = decay ** (layer_max - id)."""
-  layer_max = num_layers + 1
-  out = {}
-  for p in paths:
-    layer_id = layer_of(p)
-    out[p] = decay ** (layer_max - layer_id)
-  return out
-
-
-def _bert_layer(path):
-  if path.startswith("bert/embeddings/"):
-    return 0
-  if path.startswith("bert/encoder/layer/"):
-    return int(path.split("/")[3]) + 1
-  return 4  # pooler, classifier: the head
-
-
-def _vit_layer(path):
-  if path.split("/")[0] in ("embedding", "cls", "pos_embedding"):
-    return 0
-  if path.startswith("Transformer/encoderblock_"):
-    return int(path.split("/")[1].split("_")[1]) + 1
-  return 4  # encoder_norm, head
-
-
-@pytest.mark.heavy
-def test_layerwise_decay_is_timms_on_flax_bert_and_vit_trees():
-  nn = need("flax").linen
-
-  class Layer(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      x = nn.Dense(4, name="attention")(x)
-      return nn.LayerNorm(name="output")(nn.Dense(4, name="intermediate")(x))
-
-  class Embeddings(nn.Module):
-    @nn.compact
-    def __call__(self, ids):
-      x = nn.Embed(10, 4, name="word_embeddings")(ids)
-      x = x + nn.Embed(8, 4, name="position_embeddings")(jnp.arange(ids.shape[-1]))
-      return nn.LayerNorm(name="LayerNorm")(x)
-
-  class Layers(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      for i in range(3):
-        x = Layer(name=str(i))(x)
-      return x
-
-  class Encoder(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return Layers(name="layer")(x)
-
-  class Bert(nn.Module):
-    @nn.compact
-    def __call__(self, ids):
-      x = Encoder(name="encoder")(Embeddings(name="embeddings")(ids))
-      return nn.Dense(4, name="pooler")(x[:, 0])
-
-  class BertModel(nn.Module):  # Hugging Face's Flax BERT naming, 3 layers
-    @nn.compact
-    def __call__(self, ids):
-      return nn.Dense(2, name="classifier")(Bert(name="bert")(ids))
-
-  class Vit(nn.Module):  # big_vision's ViT naming, 3 blocks
-    @nn.compact
-    def __call__(self, img):
-      x = nn.Conv(4, (2, 2), strides=(2, 2), name="embedding")(img)
-      x = x.reshape(x.shape[0], -1, 4)
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, 4))
-      x = jnp.concatenate([jnp.tile(cls, (x.shape[0], 1, 1)), x], axis=1)
-      x = x + self.param("pos_embedding", nn.initializers.zeros, (1, x.shape[1], 4))
-      x = VitEncoder(name="Transformer")(x)
-      return nn.Dense(2, name="head")(x[:, 0])
-
-  class VitEncoder(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      for i in range(3):
-        x = Layer(name=f"encoderblock_{i}")(x)
-      return nn.LayerNorm(name="encoder_norm")(x)
-
-  key = jax.random.key(0)
-  bert = BertModel().init(key, jnp.zeros((1, 5), jnp.int32))["params"]
-  vit = Vit().init(key, jnp.zeros((1, 4, 4, 3)))["params"]
-  for params, layer_of in ((bert, _bert_layer), (vit, _vit_layer)):
-    paths = optaxtra.masks.paths(params)
-    assert any("/0/" in p or "encoderblock_0" in p for p in paths)
-    for decay in (0.65, 0.9):
-      state = optaxtra.layerwise_lr_decay(decay, 3).init(params)
-      want = _timm_scales(paths, decay, 3, layer_of)
-      got = dict(zip(paths, np.asarray(state.multipliers, np.float64), strict=True))
-      for p in paths:
-        assert got[p] == pytest.approx(want[p], rel=1e-7), p
-
-
-def test_layerwise_decay_table_and_refusals():
-  params = {
-    "embeddings": {"w": jnp.ones(1)},
-    "layers_0": {"w": jnp.ones(1)},
-    "layers_1": {"w": jnp.ones(1)},
-    "head": {"w": jnp.ones(1)},
-  }
-  tx = optaxtra.layerwise_lr_decay(0.5, 2, default=0.75)
+def test_a_schedule_going_negative_raises_at_its_step_or_becomes_nan_under_jit():
+  tx = optaxtra.scale_by_path({"^head/": lambda n: 1.0 - n}, default=1.0)
+  params = _params()
+  g = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
-  got = dict(
-    zip(optaxtra.masks.paths(params), np.asarray(state.multipliers), strict=True)
+  for _ in range(2):  # steps 0 and 1: multipliers 1 and 0
+    _, state = tx.update(g, state)
+  with pytest.raises(ValueError, match=r"multipliers\[\^head/\] at step 2 is -1"):
+    tx.update(g, state)
+  # Traced, the value cannot be checked: it becomes NaN, and so do its updates.
+  updates, new = jax.jit(tx.update)(g, state)
+  assert np.isnan(updates["head"]["kernel"]).all()
+  assert np.array_equal(updates["encoder"]["kernel"], np.ones((3, 2), np.float32))
+  assert np.isnan(new.multipliers[2]) and new.multipliers[0] == 1.0
+
+
+def test_pairs_and_by_path_are_the_same_table():
+  params = _params()
+  g = jax.tree.map(jnp.ones_like, params)
+  txs = [
+    optaxtra.scale_by_path({"bias": 0.5, "^head/": 3.0}, default=2.0),
+    optaxtra.scale_by_path([("bias", 0.5), ("^head/", 3.0)], default=2.0),
+    optaxtra.scale_by_path(optaxtra.by_path({"bias": 0.5, "^head/": 3.0}, default=2.0)),
+  ]
+  for tx in txs:
+    state = tx.init(params)
+    np.testing.assert_array_equal(state.multipliers, [0.5, 2.0, 3.0])
+    updates, _ = tx.update(g, state)
+    assert float(updates["head"]["kernel"][0, 0]) == 3.0
+  with pytest.raises(TypeError, match="carries its own default"):
+    optaxtra.scale_by_path(optaxtra.by_path({"bias": 0.5}), default=1.0)
+  with pytest.raises(ValueError, match="compiled with flags"):
+    optaxtra.scale_by_path({re.compile("BIAS", re.I): 0.5}, default=1.0)
+
+
+def test_strict_false_lets_rules_match_nothing():
+  tx = optaxtra.scale_by_path(
+    {"^nope/": 0.5, "encoder": 0.25, "encoder/bias": 9.0}, default=1.0, strict=False
   )
-  assert got == {
-    "embeddings/w": 0.125,
-    "head/w": 0.75,
-    "layers_0/w": 0.25,
-    "layers_1/w": 0.5,
-  }
-  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state)
-  assert float(updates["layers_0"]["w"][0]) == 0.25
-  with pytest.raises(ValueError, match=r"'layers_1/w' is in layer 1, outside \[0, 1\)"):
-    optaxtra.layerwise_lr_decay(0.5, 1).init(params)
-  with pytest.raises(ValueError, match="matches no path"):
-    optaxtra.layerwise_lr_decay(0.5, 2, layer=r"block(\d+)").init(params)
-  with pytest.raises(ValueError, match="has no group"):
-    optaxtra.layerwise_lr_decay(0.5, 2, layer=r"layers_\d+")
-  with pytest.raises(ValueError, match="both the layer regex and the embed regex"):
-    optaxtra.layerwise_lr_decay(0.5, 2, embed=r"w").init(params)
-  for bad in (0.0, 1.5, float("nan")):
-    with pytest.raises(ValueError, match="decay"):
-      optaxtra.layerwise_lr_decay(bad, 2)
-  with pytest.raises(ValueError, match="num_layers"):
-    optaxtra.layerwise_lr_decay(0.5, 0)
+  state = tx.init(_params())
+  np.testing.assert_array_equal(state.multipliers, [0.25, 0.25, 1.0])
+
+
+def _labels(params):
+  return {"encoder": {"kernel": "a", "bias": "b"}, "head": {"kernel": "a"}}
+
+
+@pytest.mark.parametrize("where", ["with_frozen", "masked", "partition"])
+def test_inside_masked_partition_and_with_frozen(where):
+  # One table for the whole model: the rules see every path, hidden or not,
+  # and only the parameters the stage sees get a multiplier.
+  stage = optaxtra.scale_by_path({"bias": 0.5, "^head/": 3.0}, default=2.0)
+  inner = optax.chain(optax.sgd(1.0), stage)
+  if where == "with_frozen":
+    tx = optaxtra.with_frozen(inner, frozen="bias")
+  elif where == "masked":
+    tx = optax.masked(inner, lambda p: jax.tree.map(lambda x: x.ndim == 2, p))
+  else:
+    tx = optax.transforms.partition({"a": inner, "b": optax.set_to_zero()}, _labels)
+  params = _params()
+  g = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(g, state, params)
+  assert float(updates["encoder"]["kernel"][0, 0]) == -2.0
+  assert float(updates["head"]["kernel"][0, 0]) == -3.0
+  # bias: frozen (with_frozen, partition) or passed through by optax.masked
+  assert float(updates["encoder"]["bias"][0]) == (1.0 if where == "masked" else 0.0)
+  (inner_state,) = [
+    s
+    for s in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, optaxtra.ScaleByPathState)
+    )
+    if isinstance(s, optaxtra.ScaleByPathState)
+  ]
+  np.testing.assert_array_equal(inner_state.multipliers, [2.0, 3.0])
+
+
+def test_a_rule_for_hidden_parameters_only_is_still_checked():
+  stage = optaxtra.scale_by_path({"^nope/": 0.5}, default=1.0)
+  tx = optaxtra.with_frozen(stage, frozen="bias")
+  with pytest.raises(ValueError, match=r"rule '\^nope/' matches no"):
+    tx.init(_params())
+  # A rule whose paths are all hidden is fine: the table describes the model.
+  tx = optaxtra.with_frozen(
+    optaxtra.scale_by_path({"bias": 0.5}, default=1.0), frozen="bias"
+  )
+  tx.update(jax.tree.map(jnp.ones_like, _params()), tx.init(_params()))
+  # Only the parameters the stage sees need a rule.
+  tx = optaxtra.with_frozen(optaxtra.scale_by_path({"kernel": 0.5}), frozen="bias")
+  tx.update(jax.tree.map(jnp.ones_like, _params()), tx.init(_params()))
+
+
+def test_a_tree_of_multipliers_is_refused():
+  with pytest.raises(TypeError, match="multipliers"):
+    optaxtra.scale_by_path({"encoder": {"kernel": 0.5}}, default=1.0)  # type: ignore[dict-item]
+  with pytest.raises(TypeError, match="mapping pattern -> multiplier"):
+    optaxtra.scale_by_path(0.5)  # type: ignore[arg-type]

@@ -585,14 +585,28 @@ BAD = [
     "peak_value",
   ),
   (lambda: S.linear_warmup(S.constant(1.0), 10, shift=None), TypeError, "shift"),
-  (lambda: S.per_epoch(S.constant(1.0), 31.25), ValueError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), 0.5), ValueError, "steps_per_epoch"),
   (lambda: S.per_epoch(S.constant(1.0), 0), ValueError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), float("nan")), ValueError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), float("inf")), ValueError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), 2.0**64), ValueError, "steps_per_epoch"),
   (lambda: S.per_epoch(S.constant(1.0), True), TypeError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), "40"), TypeError, "steps_per_epoch"),
+  (lambda: S.per_epoch(S.constant(1.0), np.ones(2)), TypeError, "steps_per_epoch"),
+  (
+    lambda: jax.jit(lambda n: S.per_epoch(S.constant(1.0), n))(2.5),
+    TypeError,
+    "steps_per_epoch",
+  ),
+  (lambda: S.linear_warmup(1.0, 10, init_value=float("inf")), ValueError, "init_value"),
+  (lambda: S.linear_warmup(1.0, 10, init_value="0"), TypeError, "init_value"),
+  (lambda: S.cosine_decay(1.0, 10, alpha=0.1, end_value=0.0), ValueError, "alpha"),
+  (lambda: S.cosine_decay(1.0, 10, end_value=float("nan")), ValueError, "end_value"),
   (lambda: S.per_epoch(0.1, 10), TypeError, "epoch_schedule"),
   (lambda: S.sample(S.constant(1.0), 0), ValueError, "num_steps"),
   (lambda: S.sample(lambda t: jnp.ones(3), 5), ValueError, "shape"),
   (
-    lambda: S.plot(S.constant(1.0), 10, steps_per_epoch=2.5),
+    lambda: S.plot(S.constant(1.0), 10, steps_per_epoch=0.5),
     ValueError,
     "steps_per_epoch",
   ),
@@ -611,7 +625,7 @@ def test_bad_arguments_raise_naming_them(make, error, name):
 
 
 def test_integral_floats_are_whole_steps():
-  # 40.0 steps per epoch is 40 (a float that is a whole number), 31.25 raises.
+  # 40.0 steps per epoch is 40 (a float that is a whole number).
   a, b = S.per_epoch(S.constant(1.0), 40.0), S.per_epoch(S.constant(1.0), 40)
   np.testing.assert_array_equal(S.sample(a, 100), S.sample(b, 100))
   s = S.exponential_decay(1.0, np.int64(10), 0.5, np.int32(3), staircase=np.bool_(True))

@@ -131,7 +131,7 @@ def test_masks(mask, maybe_jit):
     "norm": {"scale": jnp.full((), 4.0)},
   }
   grads = jax.tree.map(jnp.zeros_like, params)
-  tx = optaxtra.add_decayed_weights_decoupled(0.5, mask=mask)
+  tx = optaxtra.add_decayed_weights_decoupled(0.5, mask=mask, schedule=None)
   updates, _ = maybe_jit(tx.update)(grads, tx.init(params), params)
   decayed = (
     {"dense/kernel"}
@@ -146,7 +146,7 @@ def test_masks(mask, maybe_jit):
 
 def test_zero_weight_decay_is_the_identity():
   params = _params(jnp.float32)
-  tx = optaxtra.add_decayed_weights_decoupled(0.0)
+  tx = optaxtra.add_decayed_weights_decoupled(0.0, schedule=None)
   g = _grads(jnp.float32)[0]
   updates, state = tx.update(g, tx.init(params), params)
   for k in SHAPES:
@@ -464,12 +464,40 @@ def test_inject_hyperparams_float64(x64):
 
 
 def _make(*args, **kwargs):
+  kwargs.setdefault("schedule", None)
   return lambda: optaxtra.add_decayed_weights_decoupled(*args, **kwargs)
 
 
 def _init(*args, **kwargs):
+  kwargs.setdefault("schedule", None)
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
   return lambda: optaxtra.add_decayed_weights_decoupled(*args, **kwargs).init(params)
+
+
+def test_the_coupling_is_never_implicit():
+  # The natural port of optax.adamw(weight_decay=0.1) that forgets schedule=
+  # would remove 10% of every weight per step: refused, with the table.
+  with pytest.raises(TypeError, match=r"pass schedule=.*schedule=learning_rate"):
+    optaxtra.add_decayed_weights_decoupled(0.1)
+  with pytest.raises(TypeError, match=r"schedule=None for TF-Addons"):
+    optaxtra.add_decayed_weights_decoupled(0.1, mask=None)
+
+
+def test_weight_decay_by_path():
+  params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+  tx = optaxtra.add_decayed_weights_decoupled(
+    optaxtra.by_path({"^b$": 0.0}, default=0.1), schedule=0.5
+  )
+  state = tx.init(params)
+  updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  np.testing.assert_array_equal(updates["b"], 0.0)
+  np.testing.assert_array_equal(updates["w"], -np.float32(0.1) * np.float32(0.5))
+  assert set(state.decay_rate) == {"[^b$]", "[default]"}
+  assert float(state.weight_decay["[default]"]) == np.float32(0.1)
+  with pytest.raises(ValueError, match=r"weight_decay rule '\^x' matches no"):
+    optaxtra.add_decayed_weights_decoupled(
+      optaxtra.by_path({"^x": 0.0}, default=0.1), schedule=None
+    ).init(params)
 
 
 @pytest.mark.parametrize(
@@ -483,7 +511,7 @@ def _init(*args, **kwargs):
     (
       _init(lambda n: -0.1),
       ValueError,
-      "weight_decay \\* schedule is -0.1.* at step 0",
+      r"weight_decay is -0.1 at step 0; it must be in \[0, inf\)",
     ),
     (
       _init(0.1, schedule=lambda n: jnp.ones(2)),
@@ -509,7 +537,7 @@ def test_bad_arguments(make, error, match):
 @pytest.mark.parametrize("jit", [False, True])
 def test_bad_updates(jit):
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
-  tx = optaxtra.add_decayed_weights_decoupled(0.1)
+  tx = optaxtra.add_decayed_weights_decoupled(0.1, schedule=None)
   state = tx.init(params)
   update = jax.jit(tx.update) if jit else tx.update
   grads = jax.tree.map(jnp.zeros_like, params)
@@ -531,7 +559,9 @@ def test_traced_mask_is_refused():
   """A mask computed from the params' values cannot be known at trace time."""
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
   tx = optaxtra.add_decayed_weights_decoupled(
-    0.1, mask=lambda p: jax.tree.map(lambda x: jnp.all(x > 0), p)
+    0.1,
+    mask=lambda p: jax.tree.map(lambda x: jnp.all(x > 0), p),
+    schedule=None,
   )
   state = tx.init(params)  # concrete params: fine
   grads = jax.tree.map(jnp.zeros_like, params)

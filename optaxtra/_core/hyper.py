@@ -143,7 +143,8 @@ def real(
   held = _in_dtype(v, dt)
   if not math.isfinite(v):
     raise ValueError(
-      f"{fn}: {name} must be a finite number in {rng.text()}, got {v!r}.{_suffix(fix)}"
+      f"{fn}: {name} must be in {rng.text()}, got {v!r} (it must be finite)."
+      f"{_suffix(fix)}"
     )
   if not math.isfinite(held):
     raise ValueError(
@@ -419,9 +420,9 @@ class Hyper:
     x = float(v)
     if not self.range.holds(x):
       at = "" if _checks.is_traced(count) else f" at step {int(count)}"
-      what = "a schedule's value" if self.is_schedule else "the value"
+      shown = str(np.asarray(v)[()]) if v.dtype != jnp.float64 else repr(x)
       raise ValueError(
-        f"{self.fn}: {self.name}{at} is {x!r} ({what}); it must be in "
+        f"{self.fn}: {self.name} is {shown}{at}; it must be in "
         f"{self.range.text()}.{_suffix(self.range.fix)}"
       )
     return v

@@ -18,11 +18,14 @@ class Declaration:
       ``name``.
     trees: fields holding params-shaped trees, never looked into.
     derive: a function of the state returning more values by name, or None.
+    counts_apart: fields whose counts are kept apart from the other stages'
+      (see :func:`inspectable`).
   """
 
   values: tuple[tuple[str, str], ...]
   trees: tuple[str, ...]
   derive: Callable[[Any], Mapping[str, Any]] | None = None
+  counts_apart: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[type, Declaration] = {}
@@ -57,6 +60,7 @@ def inspectable(
   values: Iterable[str] | Mapping[str, str] = (),
   trees: Iterable[str] = (),
   derive: Callable[[Any], Mapping[str, Any]] | None = None,
+  counts_apart: Iterable[str] = (),
 ) -> Callable[[T], T]:
   """Declares which fields of a state class :func:`optaxtra.inspect` reports.
 
@@ -67,14 +71,25 @@ def inspectable(
   * each field in ``values`` is reported, under its own name or, with a
     mapping ``{field: name}``, under ``name``, whenever it holds a number (a
     scalar, or an array of any shape for a state stacked by ``jax.vmap``);
-    a field holding None is skipped;
+    a field holding a dict of numbers (a hyperparameter given by
+    :func:`optaxtra.by_path`: ``{"[<pattern>]": value, "[default]": value}``)
+    is reported as one value per key, ``name[<pattern>]``,
+    ``name[default]``; a field holding None is skipped (a ``bias_correction``
+    that is None says the stage corrects nothing: it is not reported, and a
+    learning rate it meets gives ``effective_learning_rate`` unchanged);
   * each field in ``trees`` (moments, accumulators: anything shaped like the
     params) is never looked into, so that params that are NamedTuples with a
     field called ``count`` are not read as counters;
   * every other field is looked into for nested states (an inner state, a
     tuple of states);
   * ``derive(state)``, if given, returns more values by name, computed from
-    the state (e.g. a ratio of two fields).
+    the state (e.g. a ratio of two fields): a mapping (a dict) from names to
+    numbers, dicts of numbers as above, or None (skipped);
+  * each field in ``counts_apart`` holds counts that do not advance with the
+    other stages' (a wrapper that skips or accumulates updates lists its inner
+    state; a ``count`` that is not the number of updates lists itself): they
+    are never merged into the one ``count`` that :func:`optaxtra.inspect`
+    reports for the stages that advance together.
 
   Names have the meanings :func:`optaxtra.inspect` documents: ``count`` is
   the number of updates done, ``learning_rate`` the rate the last update used,
@@ -94,6 +109,8 @@ def inspectable(
       the name to report it under.
     trees: the fields holding params-shaped trees.
     derive: a function of the state returning a mapping from names to values.
+    counts_apart: the fields (an inner state, or a value field) whose counts
+      advance apart from the rest of the optimizer's.
 
   Returns:
     A class decorator, which registers the class and returns it unchanged.
@@ -128,6 +145,7 @@ def inspectable(
   else:
     pairs = [(f, f) for f in _names("values", values)]
   tree_fields = _names("trees", trees)
+  apart = _names("counts_apart", counts_apart)
   if derive is not None and not callable(derive):
     raise TypeError(
       f"inspectable: derive must be a function of the state, got {derive!r}."
@@ -153,7 +171,22 @@ def inspectable(
         f"inspectable: the field {twice[0]!r} of {cls.__name__} is listed twice "
         "(in values and trees, or twice in one); list each field once."
       )
-    _REGISTRY[cls] = Declaration(tuple(pairs), tuple(tree_fields), derive)
+    unknown = [f for f in apart if f not in fields]
+    if unknown:
+      raise ValueError(
+        f"inspectable: {cls.__name__} has no field {unknown[0]!r} (in "
+        f"counts_apart); its fields are {list(fields)}."
+      )
+    in_trees = [f for f in apart if f in tree_fields]
+    if in_trees:
+      raise ValueError(
+        f"inspectable: the field {in_trees[0]!r} of {cls.__name__} is in trees, "
+        "which are never looked into, and in counts_apart; a params-shaped tree "
+        "holds no counts: list it in trees only."
+      )
+    _REGISTRY[cls] = Declaration(
+      tuple(pairs), tuple(tree_fields), derive, tuple(dict.fromkeys(apart))
+    )
     return cls
 
   return register

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -10,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optaxtra._core import checks as _checks
 from optaxtra._core.numerics import bias_correction_factor
 from optaxtra._core.paths import box_types
 from optaxtra._core.paths import children as one_level
@@ -19,14 +22,30 @@ from optaxtra._introspect.states import check_is_a_state
 
 _ROLES = {"learning_rate": "lr", "bias_correction": "bc"}
 _EFFECTIVE = "effective_learning_rate"
+_COUNT = "count"
+# The merged count of a clock whose counts disagree under jax.jit (never a count).
+DISAGREE = -1
 
 
 @dataclasses.dataclass
 class _Record:
-  path: tuple[str, ...]  # where the value lives in the state, its name last
+  """A value found in the state.
+
+  ``path`` is where it lives, its reported name last (``learning_rate[^head/]``
+  for one rule of a value by path); ``source`` the field's path and name,
+  shared by the entries of one dict; ``value`` None only for a hidden factor
+  (a ``bias_correction`` that is off). ``clock`` is where the counts that
+  advance together with this one are rooted (``()`` for the optimizer's own).
+  """
+
+  path: tuple[str, ...]
   value: Any
   role: str | None = None  # "lr", "bc" or "adam" (an Adam count awaiting b1, b2)
   used: bool = False  # an "lr"/"bc" paired, or an "adam" count resolved
+  source: tuple[str, ...] = ()
+  label: str = ""  # "[<pattern>]" for one rule of a value by path
+  clock: tuple[str, ...] = ()
+  apart: bool = False  # a count field declared in counts_apart itself
 
   @property
   def name(self) -> str:
@@ -63,6 +82,46 @@ def _number(x: Any, boxes: tuple[type, ...], *, any_shape: bool) -> Any | None:
   return x
 
 
+def _label(key: Any) -> str | None:
+  """The label of one entry of a value by path: ``[<pattern>]``."""
+  if not isinstance(key, str):
+    return None
+  return key if key.startswith("[") and key.endswith("]") else f"[{key}]"
+
+
+def _values(
+  child: Any,
+  path: tuple[str, ...],
+  name: str,
+  boxes: tuple[type, ...],
+  *,
+  declared: bool,
+  clock: tuple[str, ...],
+  role: str | None,
+  apart: bool = False,
+) -> list[_Record]:
+  """The records of one value field: a number, a dict of numbers (a value by
+  path: one record per rule), or, for a declared ``bias_correction`` that is
+  None, a hidden factor of 1."""
+  src = (*path, name)
+  if child is None:
+    if declared and role == "bc":
+      return [_Record(src, None, role, source=src, clock=clock)]
+    return []
+  if declared and isinstance(child, Mapping):
+    out = []
+    for key, v in child.items():
+      label, value = _label(key), _number(v, boxes, any_shape=True)
+      if label is None or value is None:
+        return []  # not a value by path (optaxtra.testing says so)
+      out.append(_Record((*path, name + label), value, role, source=src, label=label))
+    return out
+  value = _number(child, boxes, any_shape=declared)
+  if value is None:
+    return []
+  return [_Record(src, value, role, source=src, clock=clock, apart=apart)]
+
+
 def _children(node: Any) -> list[tuple[str, bool, Any]]:
   """``(key, is_attribute, child)`` one level down, in the tree's own order."""
   if _is_number(node) or node is None:
@@ -80,42 +139,93 @@ def _adam_factor(count: Any, b1: Any, b2: Any) -> jax.Array:
 
 
 def _pair(records: list[_Record], path: tuple[str, ...]) -> None:
-  """Forms ``effective_learning_rate`` where exactly one lr meets one factor."""
+  """Forms ``effective_learning_rate`` where exactly one learning rate meets
+  one bias correction (each a value, or a value by path: one per rule)."""
   lrs = [r for r in records if r.role == "lr" and not r.used]
   bcs = [r for r in records if r.role == "bc" and not r.used]
-  if len(lrs) == 1 and len(bcs) == 1:
-    lr, bc = lrs[0], bcs[0]
-    lr.used = bc.used = True
-    value = jnp.asarray(lr.value) * jnp.asarray(bc.value)
-    records.append(_Record((*path, _EFFECTIVE), value))
+  if len({r.source for r in lrs}) != 1 or len({r.source for r in bcs}) != 1:
+    return
+  lr_by, bc_by = {r.label: r for r in lrs}, {r.label: r for r in bcs}
+  if set(bc_by) == {""}:
+    pairs = [(lr, bc_by[""], label) for label, lr in lr_by.items()]
+  elif set(lr_by) == {""}:
+    pairs = [(lr_by[""], bc, label) for label, bc in bc_by.items()]
+  elif set(lr_by) == set(bc_by):
+    pairs = [(lr, bc_by[label], label) for label, lr in lr_by.items()]
+  else:
+    return  # two values by path with other rules: no product is defined
+  for r in lrs + bcs:
+    r.used = True
+  src = (*path, _EFFECTIVE)
+  for lr, bc, label in pairs:
+    value = lr.value if bc.value is None else jnp.asarray(lr.value) * bc.value
+    records.append(_Record((*path, _EFFECTIVE + label), value, source=src, label=label))
 
 
-def _walk_inject(node: Any, path: tuple[str, ...], boxes: tuple[type, ...]) -> list:
+def _walk_inject(
+  node: Any, path: tuple[str, ...], boxes: tuple[type, ...], clock: tuple[str, ...]
+) -> list:
   """``inject_hyperparams``: its count, every numeric hyperparameter, the inner
   state, and Adam's bias correction where the inner state is Optax's Adam."""
   records: list[_Record] = []
   count = _number(node.count, boxes, any_shape=True)
   if count is not None:
-    records.append(_Record((*path, "count"), count))
+    records.append(_Record((*path, _COUNT), count, clock=clock))
   hyper = {}
   for key in sorted(node.hyperparams, key=str):
     value = _number(node.hyperparams[key], boxes, any_shape=True)
     if value is None:
       continue
     hyper[key] = value
-    records.append(_Record((*path, "hyperparams", str(key)), value, _ROLES.get(key)))
-  records += _walk(node.inner_state, (*path, "inner_state"), boxes)
+    where = (*path, "hyperparams", str(key))
+    records.append(_Record(where, value, _ROLES.get(key), source=where, clock=clock))
+  records += _walk(node.inner_state, (*path, "inner_state"), boxes, clock)
   adams = [r for r in records if r.role == "adam" and not r.used]
   if len(adams) == 1 and "b1" in hyper and "b2" in hyper:
     adams[0].used = True
     factor = _adam_factor(adams[0].value, hyper["b1"], hyper["b2"])
-    records.append(_Record((*adams[0].path[:-1], "bias_correction"), factor, "bc"))
+    where = (*adams[0].path[:-1], "bias_correction")
+    records.append(_Record(where, factor, "bc", source=where))
   return records
 
 
-def _walk(node: Any, path: tuple[str, ...], boxes: tuple[type, ...]) -> list[_Record]:
+def _derived(
+  node: Any, derive: Any, path: tuple[str, ...], boxes: tuple[type, ...]
+) -> list[_Record]:
+  """The values a declared ``derive`` returns, checked."""
+  cls = type(node).__qualname__
+  name_of = getattr(derive, "__qualname__", repr(derive))
+  derived = derive(node)
+  if not isinstance(derived, Mapping):
+    raise TypeError(
+      f"inspect: the derive function {name_of} declared for {cls} (with "
+      f"optaxtra.inspectable) returned a {type(derived).__name__}, not a "
+      "mapping from names to values; return a dict, e.g. "
+      "{'effective_learning_rate': state.learning_rate * state.bias_correction}."
+    )
+  out = []
+  for n, v in derived.items():
+    if v is None:
+      continue
+    found = _values(
+      v, path, str(n), boxes, declared=True, clock=(), role=None
+    )
+    if not found:
+      raise TypeError(
+        f"inspect: the derive function {name_of} declared for {cls} (with "
+        f"optaxtra.inspectable) returned {n!r}: {type(v).__name__}; each value "
+        "must be a number (a scalar array), a dict of numbers (one per "
+        "by_path rule), or None."
+      )
+    out += found
+  return out
+
+
+def _walk(
+  node: Any, path: tuple[str, ...], boxes: tuple[type, ...], clock: tuple[str, ...]
+) -> list[_Record]:
   if isinstance(node, _optax_states.INJECT):
-    records = _walk_inject(node, path, boxes)
+    records = _walk_inject(node, path, boxes, clock)
     _pair(records, path)
     return records
   records = []
@@ -123,34 +233,97 @@ def _walk(node: Any, path: tuple[str, ...], boxes: tuple[type, ...]) -> list[_Re
   if decl is None:  # not declared: the conventional names, scalars only
     values = {k: k for k in _optax_states.CONVENTION}
     trees: tuple[str, ...] = ()
+    apart: tuple[str, ...] = ()
   else:
-    values, trees = dict(decl.values), decl.trees
+    values, trees, apart = dict(decl.values), decl.trees, decl.counts_apart
   own: list[_Record] = []
   for key, is_attr, child in _children(node):
     if is_attr and key in trees:
       continue
+    here = (*path, key) if is_attr and key in apart else clock
     if is_attr and key in values:
       # A field so named is that value or nothing: never walked into, since
       # what it holds, if not a number, is shaped like the params.
-      value = _number(child, boxes, any_shape=decl is not None)
-      if value is not None:
-        name = values[key]
-        own.append(_Record((*path, name), value, _ROLES.get(name)))
-        records.append(own[-1])
+      name = values[key]
+      found = _values(
+        child,
+        path,
+        name,
+        boxes,
+        declared=decl is not None,
+        clock=here,
+        role=_ROLES.get(name),
+        apart=here != clock,
+      )
+      own += found
+      records += found
       continue
-    records += _walk(child, (*path, key), boxes)
+    records += _walk(child, (*path, key), boxes, here)
   if decl is not None and decl.derive is not None:
-    derived = decl.derive(node)
-    if any(name == _EFFECTIVE for name in derived):
+    derived = _derived(node, decl.derive, path, boxes)
+    if any(r.source[-1] == _EFFECTIVE for r in derived):
       for r in own:  # the state formed its own product: nothing to pair
         r.used = r.used or r.role in ("lr", "bc")
-    records += [
-      _Record((*path, str(n)), v) for n, v in derived.items() if v is not None
-    ]
+    records += derived
   if isinstance(node, _optax_states.ADAM_COUNT):
-    records += [_Record(r.path, r.value, "adam") for r in own if r.name == "count"]
+    records += [
+      _Record(r.path, r.value, "adam", clock=r.clock) for r in own if r.name == _COUNT
+    ]
   _pair(records, path)
   return records
+
+
+def _merge(counts: list[_Record]) -> Any | None:
+  """The one value of counts that advance together, or None where they do not
+  agree (or are not integer arrays of one shape, which no comparison makes
+  one count). Traced counts cannot be compared when traced: they give their
+  value where they agree and :data:`DISAGREE` where not."""
+  values = [jnp.asarray(r.value) for r in counts]
+  first = values[0]
+  if len(values) == 1:
+    return first
+  if any(
+    not jnp.issubdtype(v.dtype, jnp.integer) or v.shape != first.shape for v in values
+  ):
+    return None
+  if any(_checks.is_traced(v) for v in values):
+    same = functools.reduce(jnp.logical_and, [v == first for v in values[1:]])
+    return jnp.where(same, first, jnp.asarray(DISAGREE, first.dtype))
+  if all(np.array_equal(np.asarray(v), np.asarray(first)) for v in values[1:]):
+    return first
+  return None
+
+
+def _count_keys(records: list[_Record]) -> dict[int, tuple[str, Any] | None]:
+  """For each count record (by ``id``): its key and value, or None where it is
+  one of several reported once."""
+  counts = [r for r in records if r.name == _COUNT]
+  if not counts:
+    return {}
+  candidates = [r for r in counts if not r.apart] or counts
+  outermost = min(candidates, key=lambda r: len(r.path))
+  clocks: dict[tuple[str, ...], list[_Record]] = {}
+  for r in counts:
+    clocks.setdefault(r.clock, []).append(r)
+  out: dict[int, tuple[str, Any] | None] = {}
+  for clock, members in clocks.items():
+    main = any(r is outermost for r in members)
+    merged = _merge(members)
+    if merged is not None:
+      if main:
+        key = _COUNT
+      elif len(members) == 1:
+        key = "/".join(members[0].path)
+      else:
+        key = "/".join((*clock, _COUNT))
+      out[id(members[0])] = (key, merged)
+      for r in members[1:]:
+        out[id(r)] = None
+      continue
+    for r in members:
+      key = _COUNT if r is outermost else "/".join(r.path)
+      out[id(r)] = (key, jnp.asarray(r.value))
+  return out
 
 
 def inspect(state: optax.OptState) -> dict[str, jax.Array]:
@@ -311,20 +484,27 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
   boxes = box_types()
   check_is_a_state(state, boxes)
   _optax_states.declare_optax_states()
-  records = [r for r in _walk(state, (), boxes) if r.role != "adam"]
+  records = [
+    r for r in _walk(state, (), boxes, ()) if r.role != "adam" and r.value is not None
+  ]
+  counts = _count_keys(records)
   by_name: dict[str, list[_Record]] = {}
   for r in records:
     by_name.setdefault(r.name, []).append(r)
-  outermost = None
-  if "count" in by_name:
-    outermost = min(by_name["count"], key=lambda r: len(r.path))
   out: dict[str, jax.Array] = {}
   for r in records:
-    key = r.name if (len(by_name[r.name]) == 1 or r is outermost) else "/".join(r.path)
+    if id(r) in counts:
+      found = counts[id(r)]
+      if found is None:
+        continue
+      key, value = found
+    else:
+      key = r.name if len(by_name[r.name]) == 1 else "/".join(r.path)
+      value = jnp.asarray(r.value)
     if key in out:  # only if a dict key itself contains "/"
       raise ValueError(
         f"inspect: two values in the state are both named {key!r}; rename the "
         "dict keys of the state (e.g. a partition's labels) so they hold no '/'."
       )
-    out[key] = jnp.asarray(r.value)
+    out[key] = value
   return out

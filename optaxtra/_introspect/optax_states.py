@@ -4,8 +4,9 @@ Optax's states are NamedTuples whose fields follow a convention (a ``count``,
 moments named ``mu``, ``nu``, ...). Each is declared here with
 :func:`optaxtra.inspectable`: the fields named like the values ``inspect``
 reports are values (read whatever their shape, so a state stacked by
-``jax.vmap(tx.init)`` reports them with the stacking axis), and the fields
-listed in ``_TREES`` hold params-shaped trees, never looked into.
+``jax.vmap(tx.init)`` reports them with the stacking axis), the fields
+listed in ``_TREES`` hold params-shaped trees, never looked into, and those in
+``_APART`` hold counts that do not advance with the rest of the optimizer's.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ _COUNTERS: dict[str, tuple[str, ...]] = {
   "MultiStepsState": ("mini_step", "gradient_step"),
   "ApplyIfFiniteState": ("notfinite_count", "last_finite", "total_notfinite"),
 }
+# Counts that do not advance with the rest of the optimizer's: the inner state
+# of a wrapper that skips, accumulates or conditions updates, and counters
+# named count that count something else (a cycle, the values of a plateau).
+_APART: dict[str, tuple[str, ...]] = {
+  "MultiStepsState": ("inner_opt_state",),
+  "ApplyIfFiniteState": ("inner_state",),
+  "ConditionallyMaskState": ("inner_state",),
+  "ConditionallyTransformState": ("inner_state",),
+  "SAMState": ("opt_state", "adv_state"),
+  "ApplyEvery": ("count",),
+  "ReduceLROnPlateauState": ("count",),
+}
 # Read by inspect itself: a dict of hyperparameters around an inner state.
 INJECT = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 # States whose count gives Adam's bias correction when an enclosing
@@ -88,7 +101,8 @@ def _declare(with_contrib: bool) -> None:
         continue
       trees = tuple(f for f in _TREES.get(name, ()) if f in fields)
       values = [f for f in fields if f in CONVENTION or f in _COUNTERS.get(name, ())]
-      inspectable(values=values, trees=trees)(cls)
+      apart = [f for f in _APART.get(name, ()) if f in fields]
+      inspectable(values=values, trees=trees, counts_apart=apart)(cls)
 
 
 def declare_optax_states() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -87,6 +88,61 @@ def check_int(
   if v > high:
     limit = _LIMITS.get(high, f"<= {high}")
     raise ValueError(f"{fn}: {name} must fit {limit}, got {v}.")
+  return v
+
+
+def check_ratio(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: int,
+  what: str = "",
+  high: int = INT64_MAX,
+) -> Fraction:
+  """``value``, a whole or fractional number in ``[low, high]``, as a ``Fraction``.
+
+  For a length that may be fractional, such as ``steps_per_epoch =
+  num_examples / batch_size``: a Python or NumPy int or float, or a
+  :class:`fractions.Fraction`, taken *exactly* (a float is the binary
+  fraction it holds: ``1281167 / 1024`` is ``Fraction(1281167, 1024)``), so
+  that boundaries computed from it are exact integer arithmetic. Bools,
+  traced values, strings and arrays with dimensions raise ``TypeError``;
+  ``nan``, ``inf`` and values outside the range ``ValueError``.
+
+  Args:
+    fn: the public function the argument belongs to, for the message.
+    name: the argument's name.
+    value: the argument.
+    low: the smallest allowed value.
+    what: what the argument counts, for the message (e.g. "steps").
+    high: the largest allowed value.
+
+  Returns:
+    The value as an exact :class:`fractions.Fraction`.
+  """
+  unit = f" {what}" if what else ""
+  if _checks.is_traced(value):
+    raise TypeError(
+      f"{fn}: {name} must be a concrete number, got a traced value. It sets "
+      "boundaries fixed when the schedule is built; build the schedule outside "
+      "jax.jit (with optax.inject_hyperparams, list it in static_args)."
+    )
+  if isinstance(value, Fraction):
+    v: Any = value
+  else:
+    arr = None if isinstance(value, bool) else np.asarray(value)
+    if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
+      raise TypeError(f"{fn}: {name} must be a number{unit}, got {value!r}.")
+    v = arr.item()
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ValueError(f"{fn}: {name} must be a finite number{unit}, got {v!r}.")
+    v = Fraction(v)
+  if v < low:
+    raise ValueError(f"{fn}: {name} must be >= {low}{unit}, got {value!r}.")
+  if v > high:
+    limit = _LIMITS.get(high, f"<= {high}")
+    raise ValueError(f"{fn}: {name} must fit {limit}, got {value!r}.")
   return v
 
 

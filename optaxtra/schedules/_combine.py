@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
 
 from optaxtra._core import checks as _checks
 from optaxtra.schedules import _arguments as _args
-from optaxtra.schedules import _steps, _values
+from optaxtra.schedules import _epochs, _steps, _values
 from optaxtra.schedules._constant import constant
 
 
@@ -98,20 +99,28 @@ def linear_warmup(
   schedule: _args.Schedule | float,
   warmup_steps: int,
   *,
+  init_value: float | jax.Array = 0.0,
   peak_value: float | jax.Array | None = None,
   shift: bool = False,
 ) -> _args.Schedule:
-  """A linear warmup from 0 to ``peak_value``, then ``schedule``.
+  """A linear warmup from ``init_value`` to ``peak_value``, then ``schedule``.
 
-  Before ``warmup_steps`` the value is ``peak_value * step / warmup_steps``
-  (0 at step 0), as in BERT's ``create_optimizer``. From ``warmup_steps`` on it
-  is ``schedule(step)``: by default the wrapped schedule runs on the
-  *unshifted* step, as BERT's polynomial decay does (it decays from step 0 and
-  the warmup covers its start). With ``shift=True`` it is
-  ``schedule(step - warmup_steps)``, the wrapped schedule starting after the
-  warmup, as ``optax.join_schedules([optax.linear_schedule(0, peak,
-  warmup_steps), schedule], [warmup_steps])`` and
-  ``optax.warmup_cosine_decay_schedule`` do.
+  Before ``warmup_steps`` the value is ``init_value + (peak_value -
+  init_value) * step / warmup_steps`` (``init_value`` at step 0; with the
+  default ``init_value=0`` it is ``peak_value * step / warmup_steps``, as in
+  BERT's ``create_optimizer``). From ``warmup_steps`` on it is
+  ``schedule(step)``: by default the wrapped schedule runs on the *unshifted*
+  step, as BERT's polynomial decay and timm's schedulers (with their default
+  ``warmup_prefix=False``) do: it decays from step 0 and the warmup covers its
+  start. With ``shift=True`` it is ``schedule(step - warmup_steps)``, the
+  wrapped schedule starting after the warmup, as
+  ``optax.join_schedules([optax.linear_schedule(0, peak, warmup_steps),
+  schedule], [warmup_steps])``, ``optax.warmup_cosine_decay_schedule`` and
+  timm's ``warmup_prefix=True`` do.
+
+  ``init_value`` is timm's ``warmup_lr_init`` (``CosineLRScheduler(...,
+  warmup_t=W, warmup_lr_init=I)`` warms up as ``I + t * (base - I) / W``) and
+  Optax's ``linear_schedule(init_value, ...)``'s start.
 
   The switch at ``warmup_steps`` is decided on the integer step, exactly.
   ``schedule``'s output is checked when traced (see Raises); its values are its
@@ -121,6 +130,7 @@ def linear_warmup(
     schedule: the schedule after the warmup, or a number for a constant.
     warmup_steps: non-negative int, the length of the warmup (0: none; up to
       ``2**63 - 1``, beyond ``2**31 - 1`` an int32 step never ends it).
+    init_value: the value at step 0, where the warmup starts.
     peak_value: the value the warmup rises towards; defaults to
       ``schedule(0)``.
     shift: start ``schedule`` at the end of the warmup instead of step 0.
@@ -131,9 +141,10 @@ def linear_warmup(
 
   Raises:
     ValueError: a negative or fractional ``warmup_steps``, or a non-finite
-      ``peak_value`` or number ``schedule``. Called with a concrete step outside
-      int32 without ``jax_enable_x64``, the step: it is refused, not wrapped
-      (under x64, int64 steps are exact; see :mod:`optaxtra.schedules`).
+      ``init_value``, ``peak_value`` or number ``schedule``. Called with a
+      concrete step outside int32 without ``jax_enable_x64``, the step: it is
+      refused, not wrapped (under x64, int64 steps are exact; see
+      :mod:`optaxtra.schedules`).
     TypeError: a schedule that returns None, a string, a bool, a complex
       number or not one value per step (a scalar, or an array of the step's
       shape), raised when it is traced, naming it and what it returned.
@@ -151,16 +162,25 @@ def linear_warmup(
     >>> lr(jnp.array([0, 4, 8, 40, 72]))
     Array([0. , 0.5, 1. , 0.5, 0. ], dtype=float32)
 
+    timm's warmup from ``warmup_lr_init=0.1``:
+
+    >>> lr = schedules.linear_warmup(1.0, 4, init_value=0.1)
+    >>> lr(jnp.arange(6))
+    Array([0.1  , 0.325, 0.55 , 0.775, 1.   , 1.   ], dtype=float32)
+
   References:
     Devlin et al., `BERT <https://arxiv.org/abs/1810.04805>`_
     (``optimization.py``, ``create_optimizer``), 2019; Goyal et al.,
-    `Accurate, Large Minibatch SGD <https://arxiv.org/abs/1706.02677>`_, 2017.
+    `Accurate, Large Minibatch SGD <https://arxiv.org/abs/1706.02677>`_, 2017;
+    timm, ``timm/scheduler/cosine_lr.py`` (``warmup_lr_init``).
   """
   fn = "linear_warmup"
   if not callable(schedule):
     _args.check_value(fn, "schedule", schedule)
     schedule = constant(schedule)
   W = _args.check_int(fn, "warmup_steps", warmup_steps, low=0, what="steps")
+  _args.check_value(fn, "init_value", init_value)
+  from_zero = _checks.concrete_scalar(init_value) == 0.0
   if peak_value is not None:
     _args.check_value(fn, "peak_value", peak_value)
   _checks.check_flag(fn, "shift", shift)
@@ -180,9 +200,16 @@ def linear_warmup(
       peak = _values.as_values(fn, "schedule", schedule, schedule(0), ())
     else:
       peak = jnp.asarray(peak_value)
-    dtype = jnp.result_type(after.dtype, _args.value_dtype(peak))
-    frac = jnp.maximum(step, 0).astype(dtype) / _steps.real(W)
-    warm = peak.astype(dtype) * frac
+    if from_zero:  # peak * frac, in the dtype of the values
+      dtype = jnp.result_type(after.dtype, _args.value_dtype(peak))
+      frac = jnp.maximum(step, 0).astype(dtype) / _steps.real(W)
+      warm = peak.astype(dtype) * frac
+    else:
+      init = jnp.asarray(init_value)
+      dtype = jnp.result_type(after.dtype, _args.value_dtype(peak, init))
+      frac = jnp.maximum(step, 0).astype(dtype) / _steps.real(W)
+      init = init.astype(dtype)
+      warm = init + (peak.astype(dtype) - init) * frac
     return jnp.where(_steps.below(step, W), warm, after.astype(dtype))
 
   return warmed_up
@@ -190,14 +217,14 @@ def linear_warmup(
 
 def per_epoch(
   epoch_schedule: _args.Schedule,
-  steps_per_epoch: int,
+  steps_per_epoch: int | float | Fraction,
   *,
   staircase: bool = True,
 ) -> _args.Schedule:
   """A schedule written in epochs, turned into one of the step count.
 
-  The value at step ``t`` is ``epoch_schedule(t // steps_per_epoch)``: the
-  epoch number, an integer, so every value holds for a whole epoch. With
+  The value at step ``t`` is ``epoch_schedule(floor(t / steps_per_epoch))``:
+  the epoch number, an integer, so every value holds for a whole epoch. With
   ``staircase=False`` it is ``epoch_schedule(t / steps_per_epoch)``, the
   fractional epoch (a float step, which the schedules here accept), so that
   the value moves at every step; the epoch schedule's own boundaries are then
@@ -210,11 +237,26 @@ def per_epoch(
   batches, not every 25 epochs; ``per_epoch(exponential_decay(1e-3, 25, 0.95,
   staircase=True), steps_per_epoch)`` decays every 25 epochs.
 
+  ``steps_per_epoch`` may be fractional, as where a training script divides
+  the dataset's size by the batch size (Haiku's ImageNet example:
+  ``1281167 / 1024 = 1251.1396484375``) and lets the epochs straddle batches.
+  It is taken as the exact fraction it holds (a float is a binary fraction:
+  ``fractions.Fraction(1251.1396484375) == Fraction(1281167, 1024)``; a
+  :class:`fractions.Fraction` such as ``Fraction(1281167, 1000)`` is taken as
+  it is), and the staircase epoch ``floor(t / steps_per_epoch)`` is computed in
+  integer arithmetic, exactly for every int32 step: the first step of epoch
+  ``e`` is ``ceil(e * steps_per_epoch)``, never a step early or late. Dividing
+  in float32 instead, as ``jnp.floor(step / steps_per_epoch)`` does, misplaces
+  boundaries (above 2**24 the step itself is rounded). With
+  ``staircase=False`` the fractional epoch is accurate to float rounding.
+
   Args:
     epoch_schedule: a schedule of the epoch number.
-    steps_per_epoch: positive int, the updates in one epoch (with a partial
-      last batch, ``math.ceil(num_examples / batch_size)``; it must be a whole
-      number, not ``num_examples / batch_size``; up to ``2**63 - 1``).
+    steps_per_epoch: the updates in one epoch, at least 1 (up to ``2**63 -
+      1``): an int (``len(dataset) // batch_size`` when the last partial batch
+      is dropped, ``math.ceil(len(dataset) / batch_size)`` when it is kept), or
+      a float or :class:`fractions.Fraction` for epochs of a fractional number
+      of steps.
     staircase: pass the whole epoch (True) or the fractional epoch (False).
 
   Returns:
@@ -222,13 +264,14 @@ def per_epoch(
     of any shape) to the values of the step's shape.
 
   Raises:
-    ValueError: a ``steps_per_epoch`` that is not a positive whole number.
-      Called with a concrete step outside int32 without ``jax_enable_x64``, the
-      step: it is refused, not wrapped (under x64, int64 steps are exact; see
+    ValueError: a ``steps_per_epoch`` below 1 or not finite. Called with a
+      concrete step outside int32 without ``jax_enable_x64``, the step: it is
+      refused, not wrapped (under x64, int64 steps are exact; see
       :mod:`optaxtra.schedules`).
-    TypeError: a schedule that returns None, a string, a bool, a complex
-      number or not one value per step (a scalar, or an array of the step's
-      shape), raised when it is traced, naming it and what it returned.
+    TypeError: a ``steps_per_epoch`` that is not a number (or is traced); a
+      schedule that returns None, a string, a bool, a complex number or not
+      one value per step (a scalar, or an array of the step's shape), raised
+      when it is traced, naming it and what it returned.
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -241,15 +284,51 @@ def per_epoch(
     >>> np.asarray(lr(jnp.array([0, 2, 4, 6, 8]))).round(4)
     array([1.    , 0.8536, 0.5   , 0.1464, 0.    ], dtype=float32)
 
+    Epochs of 2.5 steps start at steps 0, 3 (ceil 2.5), 5, 8, 10:
+
+    >>> epoch = schedules.per_epoch(lambda e: e.astype(jnp.float32), 2.5)
+    >>> epoch(jnp.arange(11))
+    Array([0., 0., 0., 1., 1., 2., 2., 2., 3., 3., 4.], dtype=float32)
+
   References:
     Keras, ``keras.optimizers.schedules.ExponentialDecay`` (whose
     ``decay_steps`` counts updates); Goyal et al., `Accurate, Large Minibatch
-    SGD <https://arxiv.org/abs/1706.02677>`_, 2017 (schedules in epochs).
+    SGD <https://arxiv.org/abs/1706.02677>`_, 2017 (schedules in epochs);
+    Haiku, ``examples/imagenet/train.py`` (a fractional ``steps_per_epoch``).
   """
   fn = "per_epoch"
   _args.check_schedule(fn, "epoch_schedule", epoch_schedule)
-  n = _args.check_int(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
+  length = _args.check_ratio(
+    fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps"
+  )
   _checks.check_flag(fn, "staircase", staircase)
+  if length.denominator == 1:
+    return _per_whole_epoch(fn, epoch_schedule, length.numerator, staircase)
+  x = 1 / length  # epochs per step, < 1
+  spe = float(length)
+
+  def schedule(step):
+    step, exact = _steps.as_step(fn, step)
+    dtype = _steps.working_dtype(_checks.default_float(), step)
+    if not exact:
+      epoch = step / jnp.asarray(spe, dtype)
+      if staircase:
+        epoch = jnp.floor(epoch)
+    elif staircase:
+      epoch = _epochs.floor_times(step, x)
+    else:
+      epoch = _epochs.times(step, x, dtype)
+    return _values.as_values(
+      fn, "epoch_schedule", epoch_schedule, epoch_schedule(epoch), step.shape
+    )
+
+  return schedule
+
+
+def _per_whole_epoch(
+  fn: str, epoch_schedule: _args.Schedule, n: int, staircase: bool
+) -> _args.Schedule:
+  """:func:`per_epoch` for a whole number of steps per epoch, ``n``."""
 
   def schedule(step):
     step, exact = _steps.as_step(fn, step)

@@ -231,18 +231,25 @@ def cosine_decay(
   decay_steps: int,
   alpha: float | jax.Array = 0.0,
   exponent: float | jax.Array = 1.0,
+  *,
+  end_value: float | jax.Array | None = None,
 ) -> _args.Schedule:
-  r"""Cosine decay from ``init_value`` to ``alpha * init_value``.
+  r"""Cosine decay from ``init_value`` to ``alpha * init_value`` or ``end_value``.
 
-  With :math:`s = \min(\max(t, 0), T)`:
+  With :math:`s = \min(\max(t, 0), T)` and the cosine factor
+  :math:`c(t) = \left(\tfrac{1}{2}\left(1 + \cos\frac{\pi s}{T}\right)\right)^{p}`:
 
   .. math::
-    v(t) = I \left[(1 - \alpha)
-           \left(\tfrac{1}{2}\left(1 + \cos\frac{\pi s}{T}\right)\right)^{p}
-           + \alpha\right]
+    v(t) = I \left[(1 - \alpha)\, c(t) + \alpha\right]
+    \qquad\text{or, with } E = \text{end\_value}, \qquad
+    v(t) = E + (I - E)\, c(t)
 
-  as :func:`optax.cosine_decay_schedule` and Keras' ``CosineDecay`` (whose
-  ``exponent`` is 1). The bracket is evaluated as
+  The first is :func:`optax.cosine_decay_schedule` and Keras' ``CosineDecay``
+  (whose ``exponent`` is 1): the floor ``alpha`` is a fraction of
+  ``init_value``. The second has an absolute floor, as timm's
+  ``CosineLRScheduler(lr_min=E)``, PyTorch's ``CosineAnnealingLR(eta_min=E)``
+  and Optax's ``warmup_cosine_decay_schedule(end_value=E)`` have; give one or
+  the other. The bracket is evaluated as
   :math:`\sin^2(\tfrac{\pi}{2}\,(T - s)/T)`, the same number without the
   cancellation that ``1 + cos`` suffers near the end of the decay, with
   :math:`T - s` on the integer step.
@@ -253,6 +260,8 @@ def cosine_decay(
       beyond ``2**31 - 1`` an int32 step never reaches its end).
     alpha: the final value as a fraction of ``init_value``.
     exponent: non-negative finite power of the cosine factor.
+    end_value: the final value itself (an absolute floor, timm's ``lr_min``),
+      or None to use ``alpha``. Only with ``alpha=0``.
 
   Returns:
     A schedule: a function from an int step (a Python int or an integer array
@@ -260,10 +269,11 @@ def cosine_decay(
     values) of the step's shape.
 
   Raises:
-    ValueError: ``decay_steps <= 0``, a negative ``exponent`` or a non-finite
-      value. Called with a concrete step outside int32 without
-      ``jax_enable_x64``, the step: it is refused, not wrapped (under x64, int64
-      steps are exact; see :mod:`optaxtra.schedules`).
+    ValueError: ``decay_steps <= 0``, a negative ``exponent``, a non-finite
+      value, or both ``end_value`` and a non-zero ``alpha``. Called with a
+      concrete step outside int32 without ``jax_enable_x64``, the step: it is
+      refused, not wrapped (under x64, int64 steps are exact; see
+      :mod:`optaxtra.schedules`).
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
@@ -271,18 +281,30 @@ def cosine_decay(
     >>> s = schedules.cosine_decay(1.0, 4, alpha=0.1)
     >>> np.asarray(s(jnp.arange(6))).round(4)
     array([1.    , 0.8682, 0.55  , 0.2318, 0.1   , 0.1   ], dtype=float32)
+    >>> s = schedules.cosine_decay(0.5, 4, end_value=1e-3)  # timm's lr_min
+    >>> np.asarray(s(jnp.arange(6))).round(4)
+    array([0.5   , 0.4269, 0.2505, 0.0741, 0.001 , 0.001 ], dtype=float32)
 
   References:
     Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
     <https://arxiv.org/abs/1608.03983>`_, ICLR 2017; Optax,
-    :func:`optax.cosine_decay_schedule`.
+    :func:`optax.cosine_decay_schedule`; timm, ``timm/scheduler/cosine_lr.py``.
   """
   fn = "cosine_decay"
   _args.check_value(fn, "init_value", init_value)
   T = _args.check_int(fn, "decay_steps", decay_steps, low=1, what="steps")
   _args.check_value(fn, "alpha", alpha)
   _args.check_value(fn, "exponent", exponent, low=0.0)
-  vdt = _args.value_dtype(init_value, alpha, exponent)
+  if end_value is not None:
+    _args.check_value(fn, "end_value", end_value)
+    if _checks.concrete_scalar(alpha) != 0.0:
+      raise ValueError(
+        f"{fn}: alpha and end_value both set the final value (alpha as a "
+        f"fraction of init_value, end_value as the value itself), got "
+        f"alpha={alpha!r} and end_value={end_value!r}. Give one: end_value=... "
+        "with alpha=0 (its default), or alpha=... without end_value."
+      )
+  vdt = _args.value_dtype(init_value, alpha, exponent, end_value)
   half_pi = math.pi / 2
 
   def schedule(step):
@@ -290,8 +312,13 @@ def cosine_decay(
     cdt = _steps.working_dtype(vdt, step)
     left = _steps.remaining(jnp.maximum(step, 0), T, cdt) / _steps.real(T)
     cosine = jnp.square(jnp.sin(jnp.asarray(half_pi, cdt) * left))
+    factor = jnp.power(cosine, jnp.asarray(exponent, cdt))
+    init = jnp.asarray(init_value, cdt)
+    if end_value is not None:
+      end = jnp.asarray(end_value, cdt)
+      return (end + (init - end) * factor).astype(vdt)
     a = jnp.asarray(alpha, cdt)
-    decayed = (1 - a) * jnp.power(cosine, jnp.asarray(exponent, cdt)) + a
-    return (jnp.asarray(init_value, cdt) * decayed).astype(vdt)
+    decayed = (1 - a) * factor + a
+    return (init * decayed).astype(vdt)
 
   return schedule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -67,7 +68,7 @@ def plot(
   schedule: _args.Schedule,
   num_steps: int,
   *,
-  steps_per_epoch: int | None = None,
+  steps_per_epoch: int | float | Fraction | None = None,
   ax: Any = None,
 ) -> Any:
   """Plots ``schedule`` over ``num_steps`` steps, marking epoch boundaries.
@@ -82,7 +83,10 @@ def plot(
   Args:
     schedule: a schedule, as for :func:`optaxtra.schedules.sample`.
     num_steps: positive int, the number of steps to draw.
-    steps_per_epoch: optional positive int, the updates in one epoch.
+    steps_per_epoch: optional, the updates in one epoch, at least 1: an int,
+      or a float or :class:`fractions.Fraction` as
+      :func:`optaxtra.schedules.per_epoch` takes (a line then marks each
+      epoch's first step, ``ceil(epoch * steps_per_epoch)``).
     ax: a matplotlib ``Axes`` to draw on; by default a new figure's.
 
   Returns:
@@ -104,7 +108,7 @@ def plot(
   values = sample(schedule, num_steps)
   spe = None
   if steps_per_epoch is not None:
-    spe = _args.check_int(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
+    spe = _args.check_ratio(fn, "steps_per_epoch", steps_per_epoch, low=1, what="steps")
   try:
     from matplotlib.ticker import FormatStrFormatter
   except ImportError:
@@ -119,11 +123,15 @@ def plot(
   steps = np.arange(num_steps)
   ax.plot(steps, values, drawstyle="steps-post")
   if spe is not None:
-    count = (num_steps - 1) // spe
+    count = math.floor((num_steps - 1) / spe)
     every = max(1, math.ceil(count / _MAX_EPOCH_LINES))
-    for start in range(spe * every, num_steps, spe * every):
+    for epoch in range(every, count + 1, every):
+      start = math.ceil(epoch * spe)  # the epoch's first step, exactly
       ax.axvline(start, color="0.6", linestyle="--", linewidth=0.8, label="_epoch")
-    top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+    length = float(spe)
+    top = ax.secondary_xaxis(
+      "top", functions=(lambda s: s / length, lambda e: e * length)
+    )
     top.set_xlabel("epoch" if every == 1 else f"epoch (a line every {every})")
   # Plain tick labels (1e-05, 0.001): a "1e-5" offset above the axes would
   # collide with the epoch axis.
