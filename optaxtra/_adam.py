@@ -10,6 +10,8 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
+from optaxtra._core import paths as _paths
 from optaxtra._core.dtypes import (
   canonical_float_dtype,
   check_trainable_params,
@@ -18,6 +20,7 @@ from optaxtra._core.dtypes import (
   second_moment_dtype,
   zeros_like,
 )
+from optaxtra._core.hyper import constants_by_path
 from optaxtra._core.moments import map_moments
 from optaxtra._core.numerics import (
   bias_correction_factor,
@@ -159,10 +162,15 @@ def scale_by_adam(
     Devlin et al., `BERT <https://arxiv.org/abs/1810.04805>`_, 2019, and its
     ``optimization.py`` (``AdamWeightDecayOptimizer``).
   """
-  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0, min_float32=True)
-  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0, min_float32=True)
-  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
-  _checks.check_scalar(_FN, "eps_root", eps_root, low=0.0, high=None, min_float32=True)
+  # b1, b2 and eps may differ by parameter path (optaxtra.by_path); each value,
+  # and eps_root, is checked by the one resolver, in the dtype it is used in.
+  hb1 = constants_by_path(_FN, "b1", b1, low=0.0, high=1.0)
+  hb2 = constants_by_path(_FN, "b2", b2, low=0.0, high=1.0)
+  heps = constants_by_path(_FN, "eps", eps, low=0.0)
+  h_eps_root = _hyper.resolve(_FN, "eps_root", eps_root, low=0.0)
+  if callable(eps_root):
+    raise TypeError(f"{_FN}: eps_root must be a number, not a schedule.")
+  by_path = hb1.by_path or hb2.by_path or heps.by_path
   _checks.check_flag(_FN, "bias_correction", bias_correction)
   _checks.check_flag(_FN, "nesterov", nesterov)
   _checks.check_flag(_FN, "epsilon_hat", epsilon_hat)
@@ -171,15 +179,27 @@ def scale_by_adam(
   mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype, complex_ok=True)
   nu_dtype = canonical_float_dtype(_FN, "nu_dtype", nu_dtype)
 
+  def groups(tree):
+    """Each leaf's (b1, b2, eps) rule indices; all 0 without by_path."""
+    paths = _paths.paths(tree)
+    return list(
+      zip(hb1.assign(paths), hb2.assign(paths), heps.assign(paths), strict=True)
+    )
+
+  # With b1 or b2 by path the bias correction differs by group: no one factor.
+  one_factor = not (hb1.by_path or hb2.by_path)
+
   def init_fn(params):
     check_trainable_params(_FN, params, complex_ok=True)
+    if by_path:
+      groups(params)  # the rules checked against the params' paths
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
       mu=jax.tree.map(lambda p: zeros_like(p, mu_dtype), params),
       nu=jax.tree.map(
         lambda p: zeros_like(p, second_moment_dtype(p, nu_dtype)), params
       ),
-      bias_correction=jnp.ones([], _checks.default_float()),
+      bias_correction=jnp.ones([], _checks.default_float()) if one_factor else None,
     )
 
   def update_fn(updates, state, params=None):
@@ -196,18 +216,23 @@ def scale_by_adam(
     count = safe_increment(state.count)
 
     consts = {}
+    b1s, b2s, epss = (h.values(state.count) for h in (hb1, hb2, heps))
+    eps_root_v = h_eps_root(state.count)
+    leaf_groups = iter(groups(state.mu) if by_path else [])
 
-    def constants(dt):  # once per dtype, not per leaf: less to trace for big trees
-      if dt not in consts:
-        b1_, b2_ = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+    def constants(dt, group):  # once per dtype and group, not per leaf
+      key = (dt, group)
+      if key not in consts:
+        i1, i2, ie = group
+        b1_, b2_ = b1s[i1].astype(dt), b2s[i2].astype(dt)
         t = count.astype(dt)
-        consts[dt] = (
+        consts[key] = (
           b1_,
           1 - b1_,
           b2_,
           1 - b2_,
-          jnp.asarray(eps_root, dt),
-          jnp.asarray(eps, dt),
+          eps_root_v.astype(dt),
+          epss[ie].astype(dt),
           (
             one_minus_power(b1_, t),
             one_minus_power(b2_, t),
@@ -216,13 +241,14 @@ def scale_by_adam(
           if bias_correction
           else None,
         )
-      return consts[dt]
+      return consts[key]
 
     def leaf(g, mu, nu):
       g = jnp.asarray(g)  # a Python scalar leaf
       dt = compute_dtype(g, mu, nu)  # complex for complex gradients
       rdt = real_dtype(dt)
-      b1_, one_minus_b1, b2_, one_minus_b2, eps_root_, eps_, bc = constants(rdt)
+      group = next(leaf_groups) if by_path else (0, 0, 0)
+      b1_, one_minus_b1, b2_, one_minus_b2, eps_root_, eps_, bc = constants(rdt, group)
       gc = g.astype(dt)
       if jnp.issubdtype(dt, jnp.complexfloating):
         g2 = jnp.square(gc.real) + jnp.square(gc.imag)
@@ -250,12 +276,12 @@ def scale_by_adam(
 
     new_updates, mu, nu, _ = map_moments(leaf, updates, state.mu, state.nu)
     fdt = _checks.default_float()
-    if bias_correction:
-      bc = bias_correction_factor(b1, b2, count, fdt)
+    if not one_factor:
+      bc = None
+    elif bias_correction:
+      bc = bias_correction_factor(b1s[0], b2s[0], count, fdt).astype(fdt)
     else:
       bc = jnp.ones([], fdt)
-    return new_updates, ScaleByAdamState(
-      count=count, mu=mu, nu=nu, bias_correction=bc.astype(fdt)
-    )
+    return new_updates, ScaleByAdamState(count=count, mu=mu, nu=nu, bias_correction=bc)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -217,27 +217,20 @@ def adamax_clipped(
   decays = not (
     isinstance(weight_decay, int | float | np.generic) and float(weight_decay) == 0.0
   )
-  if coupled and decays and lr.value.by_path:
-    raise ValueError(
-      f"{_FN}: a learning rate by path with a decay coupled to it is not "
-      "supported here; use optaxtra.adamw, whose every hyperparameter may be "
-      "given by path, or weight_decay_coupling='independent'."
-    )
 
   def init_fn(params):
     a = cast(ScaleByAdamaxClippedState, adamax.init(params))
-    rates = wds = None
+    rates = wds = keys = None
     if decays:
-      decay.wd.assign(masks_paths(params))
-      wds, rates = decay.rates(a.count)
+      wds, rates, _, keys = decay.rates(a.count, masks_paths(params))
     return AdamaxClippedState(
       count=a.count,
       mu=a.mu,
       nu=a.nu,
       learning_rate=lr.init_value(params),
       learning_rate_scale=lr.init_scale(),
-      weight_decay=decay.record(wds) if wds is not None else None,
-      decay_rate=decay.record(rates) if rates is not None else None,
+      weight_decay=decay.record_wd(wds) if wds is not None else None,
+      decay_rate=decay.record_rates(rates, keys) if rates is not None else None,
       clip_fraction=a.clip_fraction,
       bias_correction=a.bias_correction,
     )
@@ -259,13 +252,11 @@ def adamax_clipped(
     updates, new = adamax.update(updates, cast(Any, a))
     a = cast(ScaleByAdamaxClippedState, new)
     updates, used = lr.apply(updates, count, state.learning_rate_scale)
-    rates = wds = None
+    rates = wds = keys = None
     if decays:
       _checks.check_updates_match(_DECAY_FN, updates, params, "params")
-      wds, rates = decay.rates(
-        count, scale=state.learning_rate_scale if coupled else None
-      )
-      index = decay.wd.assign(masks_paths(params))
+      scale = state.learning_rate_scale if coupled else None
+      wds, rates, index, keys = decay.rates(count, masks_paths(params), scale=scale)
       updates = decay_updates(
         _DECAY_FN, updates, params, rates, index, weight_decay_mask
       )
@@ -275,8 +266,8 @@ def adamax_clipped(
       nu=a.nu,
       learning_rate=used,
       learning_rate_scale=state.learning_rate_scale,
-      weight_decay=decay.record(wds) if wds is not None else None,
-      decay_rate=decay.record(rates) if rates is not None else None,
+      weight_decay=decay.record_wd(wds) if wds is not None else None,
+      decay_rate=decay.record_rates(rates, keys) if rates is not None else None,
       clip_fraction=a.clip_fraction,
       bias_correction=a.bias_correction,
     )

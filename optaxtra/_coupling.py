@@ -7,7 +7,8 @@ from typing import Literal
 import jax
 import numpy as np
 
-from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
+from optaxtra._core.hyper import ByPath
 from optaxtra._learning_rate import ScalarOrSchedule
 
 Coupling = Literal["learning_rate", "normalized", "independent"]
@@ -52,6 +53,13 @@ def decay_schedule(
     raise ValueError(
       f"{fn}: weight_decay_coupling must be one of {_COUPLINGS}, got {coupling!r}."
     )
+  if coupling == "normalized" and isinstance(learning_rate, ByPath):
+    raise ValueError(
+      f"{fn}: weight_decay_coupling='normalized' takes one learning rate, not "
+      "a by_path: normalise each group yourself and pass weight_decay by "
+      "path with weight_decay_coupling='independent', or use the "
+      "'learning_rate' coupling (each group's decay follows its own rate)."
+    )
   if coupling != "normalized":
     if peak_learning_rate is not None:
       raise ValueError(
@@ -78,9 +86,7 @@ def decay_schedule(
         "learning rate)."
       )
     return None  # a constant learning rate normalised by itself is 1
-  _checks.check_scalar(
-    fn, "peak_learning_rate", peak_learning_rate, low=0.0, low_open=True, high=None
-  )
+  _hyper.real(fn, "peak_learning_rate", peak_learning_rate, low=0.0, low_open=True)
   if callable(learning_rate):
     return lambda count: learning_rate(count) / peak_learning_rate
   return learning_rate / peak_learning_rate

@@ -140,7 +140,8 @@ class LearningRate:
     """``updates`` times ``sign * scale * value(count)``, and the value used."""
     vals = self.value.values(count)
     if scale is not None:
-      scales = list(scale.values()) if self.value.by_path else [scale]
+      # By key, never by position: JAX sorts a dict's keys.
+      scales = [scale[k] for k in self.keys] if self.value.by_path else [scale]
       # 1.0 * x is x to the bit: with the scale at 1 nothing changes.
       vals = [v * s.astype(v.dtype) for v, s in zip(vals, scales, strict=True)]
     factors = vals if self.sign == 1 else [-v for v in vals]

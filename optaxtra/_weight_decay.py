@@ -65,9 +65,14 @@ _COUPLINGS_TEXT = (
 class Decay:
   """The decoupled decay's numbers: coefficients and rates, by rule.
 
-  ``weight_decay`` may be given by path; ``schedule`` is one value for all.
-  :meth:`rates` gives, per rule, the coefficient and the rate
-  ``weight_decay(t) * schedule(t)``, checked to lie in [0, 1).
+  ``weight_decay`` and ``schedule`` may each be given by path (the schedule
+  is the learning rate for PyTorch's coupling, so a learning rate by path
+  gives each group its own decay, as ``param_groups`` do). A parameter's
+  *group* is the pair of rules it takes; :meth:`rates` gives per group the
+  rate ``weight_decay(t) * schedule(t)`` (times the learning-rate scale of
+  the schedule's rule, where the decay follows it), checked to lie in
+  [0, 1). Without ``by_path`` there is one group and every number is the
+  plain scalar, computed as before.
   """
 
   def __init__(self, fn: str, weight_decay: Any, schedule: Any):
@@ -76,7 +81,7 @@ class Decay:
     self.schedule = (
       None
       if schedule is None
-      else _hyper.resolve(
+      else _hyper.resolve_by_path(
         fn,
         "schedule",
         schedule,
@@ -85,33 +90,85 @@ class Decay:
       )
     )
     self.rate = _hyper.Hyper(fn, "weight_decay * schedule", 0.0, _RATE)
-    self.keys = [label[len("weight_decay") :] for label in self.wd.labels]
+    self.wd_keys = [label[len("weight_decay") :] for label in self.wd.labels]
+    self.sc_keys = (
+      [""]
+      if self.schedule is None
+      else [label[len("schedule") :] for label in self.schedule.labels]
+    )
+    self.by_path = self.wd.by_path or (
+      self.schedule is not None and self.schedule.by_path
+    )
     self.zero = all(c == 0.0 for c in self.wd.constants)
 
-  def rates(
-    self, count: Any, *, scale: Any = None
-  ) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The coefficients and the checked rates of each rule at ``count``;
-    ``scale`` (a learning-rate scale the decay is coupled to) multiplies the
-    rates."""
-    wds = self.wd.values(count)
-    sc = None if self.schedule is None else self.schedule(count)
-    rates = [wd if sc is None else wd * sc for wd in wds]
-    rates = [
-      r if jnp.issubdtype(r.dtype, jnp.floating) else r.astype(_checks.default_float())
-      for r in rates
-    ]
-    if scale is not None:
-      rates = [r * scale.astype(r.dtype) for r in rates]  # 1.0 * r is r to the bit
-    return wds, [self.rate.check(r, count) for r in rates]
+  def groups(self, paths: list[str]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The groups (pairs of rule indices) and each path's group index."""
+    iw = self.wd.assign(paths)
+    isc = [0] * len(paths) if self.schedule is None else self.schedule.assign(paths)
+    sc_by_path = self.schedule is not None and self.schedule.by_path
+    if self.wd.by_path and sc_by_path:
+      pairs = sorted(set(zip(iw, isc, strict=True)))
+    elif sc_by_path:
+      pairs = [(0, j) for j in range(len(self.sc_keys))]
+    else:
+      pairs = [(i, 0) for i in range(len(self.wd_keys))]
+    where = {pair: k for k, pair in enumerate(pairs)}
+    return pairs, [where[pair] for pair in zip(iw, isc, strict=True)]
 
-  def record(self, values: list[jax.Array]) -> Any:
-    """``values`` as the state holds them: a scalar, or a dict by rule."""
+  def keys(self, pairs: list[tuple[int, int]]) -> list[str]:
+    """A group's key in the state: its rules' labels, ``"[^head/]"`` (two
+    labels, ``"[^head/][default]"``, where the weight decay and the schedule
+    are given by path with different rules)."""
+    wd = self.wd.by_path
+    sc = self.schedule is not None and self.schedule.by_path
+    out = []
+    for i, j in pairs:
+      a, b = self.wd_keys[i] if wd else "", self.sc_keys[j] if sc else ""
+      # Rules shared by both (PyTorch's groups) give one label, not two.
+      out.append(a if a == b else a + b)
+    return out
+
+  def rates(
+    self, count: Any, paths: list[str], *, scale: Any = None
+  ) -> tuple[list[jax.Array], list[jax.Array], list[int], list[str]]:
+    """At ``count``: the coefficients (by ``weight_decay`` rule), the checked
+    rates by group, each path's group and the groups' keys. ``scale`` (the
+    learning-rate scale the decay is coupled to: a scalar, or a dict by the
+    schedule's rule) multiplies the rates."""
+    pairs, index = self.groups(paths)
+    wds = self.wd.values(count)
+    scs = None if self.schedule is None else self.schedule.values(count)
+    scales = None
+    if scale is not None:
+      # By key, never by position: JAX sorts a dict's keys.
+      scales = [scale[k] for k in self.sc_keys] if isinstance(scale, dict) else [scale]
     fdt = _checks.default_float()
-    # A copy: optax.inject_hyperparams hands over its own arrays, and a state
-    # sharing them could not be donated.
-    out = [jnp.array(v, fdt, copy=True) for v in values]
-    return dict(zip(self.keys, out, strict=True)) if self.wd.by_path else out[0]
+    rates = []
+    for i, j in pairs:
+      r = wds[i] if scs is None else wds[i] * scs[j]
+      if not jnp.issubdtype(r.dtype, jnp.floating):
+        r = r.astype(fdt)
+      if scales is not None:
+        r = r * scales[j].astype(r.dtype)  # 1.0 * r is r to the bit
+      rates.append(self.rate.check(r, count))
+    return wds, rates, index, self.keys(pairs)
+
+  def record_wd(self, values: list[jax.Array]) -> Any:
+    """The coefficients as the state holds them: a scalar, or a dict by rule."""
+    out = _copies(values)
+    return dict(zip(self.wd_keys, out, strict=True)) if self.wd.by_path else out[0]
+
+  def record_rates(self, values: list[jax.Array], keys: list[str]) -> Any:
+    """The rates as the state holds them: a scalar, or a dict by group."""
+    out = _copies(values)
+    return dict(zip(keys, out, strict=True)) if self.by_path else out[0]
+
+
+def _copies(values: list[jax.Array]) -> list[jax.Array]:
+  fdt = _checks.default_float()
+  # A copy: optax.inject_hyperparams hands over its own arrays, and a state
+  # sharing them could not be donated.
+  return [jnp.array(v, fdt, copy=True) for v in values]
 
 
 def decay_updates(
@@ -249,11 +306,11 @@ def add_decayed_weights_decoupled(
     # can (or need) be resolved on it.
     if mask is not None and jax.tree.leaves(params):
       resolve_mask(_FN, mask, params)
-    decay.wd.assign(_paths.paths(params))  # a by_path's rules checked here
     count = jnp.zeros([], jnp.int32)
-    wds, rates = decay.rates(count)
+    # A by_path's rules are checked here, against the params' paths.
+    wds, rates, _, keys = decay.rates(count, _paths.paths(params))
     return AddDecayedWeightsDecoupledState(
-      count, decay.record(rates), decay.record(wds)
+      count, decay.record_rates(rates, keys), decay.record_wd(wds)
     )
 
   def update_fn(updates, state, params=None):
@@ -271,13 +328,14 @@ def add_decayed_weights_decoupled(
       what="params",
       complex_ok=True,
     )
-    wds, rates = decay.rates(state.count)
+    wds, rates, index, keys = decay.rates(state.count, _paths.paths(params))
     new_state = AddDecayedWeightsDecoupledState(
-      safe_increment(state.count), decay.record(rates), decay.record(wds)
+      safe_increment(state.count),
+      decay.record_rates(rates, keys),
+      decay.record_wd(wds),
     )
     if decay.zero:
       return updates, new_state
-    index = decay.wd.assign(_paths.paths(params))
     return decay_updates(_FN, updates, params, rates, index, mask), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -120,9 +120,23 @@ def check_state(fn: str, state: Any, cls: type) -> None:
   target: Orbax then gives NamedTuple states back as dicts.
   """
   if not isinstance(state, cls):
+    got = type(state)
+    if got.__name__ == cls.__name__:
+      # Two classes of one name (record_norm's, one per recorded name): say
+      # which is which.
+      def qualified(c: type) -> str:
+        return f"{c.__module__}.{c.__qualname__}"
+
+      raise TypeError(
+        f"{fn}: expected the state made by its init, {qualified(cls)}, got "
+        f"another class of the same name, {qualified(got)}: the state of "
+        "another transformation of that kind (e.g. record_norm with another "
+        "name). Pass each transformation the state its own init returned; in "
+        "a chain, the states are in the order of the stages."
+      )
     raise TypeError(
       f"{fn}: expected the {cls.__name__} made by init, got "
-      f"{type(state).__name__}. A checkpoint restored without a target comes "
+      f"{got.__name__}. A checkpoint restored without a target comes "
       "back as dicts and lists: restore against "
       "jax.eval_shape(tx.init, params) (see the README's Checkpoints section)."
     )

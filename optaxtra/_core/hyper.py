@@ -507,4 +507,30 @@ def resolve_by_path(
   return PathHyper(fn, name, value, Range(low, high, low_open, high_open, fix))
 
 
+def constants_by_path(
+  fn: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = True,
+  fix: str = "",
+) -> PathHyper:
+  """:func:`resolve_by_path` for a value that may not be a schedule (Adam's
+  ``b1``, ``b2``, ``eps``): numbers and traced values, by path or not."""
+  out = resolve_by_path(
+    fn, name, value, low=low, high=high, low_open=low_open, high_open=high_open, fix=fix
+  )
+  for h in out.hypers:
+    if h.is_schedule:
+      raise TypeError(
+        f"{fn}: {h.name} must be a number, not a schedule ({h.value!r}); a "
+        "value that changes along training is passed through "
+        "optax.inject_hyperparams."
+      )
+  return out
+
+
 Schedule = Callable[[jax.Array], Any]
