@@ -5,12 +5,18 @@ schedule function or a plain helper, so it chains with :func:`optax.chain`,
 wraps with :func:`optax.inject_hyperparams` and plugs into Flax and Haiku.
 """
 
-from optaxtra import masks, schedules, testing
+from optaxtra import interop, masks, schedules, testing
 from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
+from optaxtra._adamw import AdamWState, adamw
 from optaxtra._alias import AdamaxClippedState, adamax_clipped
-from optaxtra._average import AverageParamsState, average_params
-from optaxtra._average_decay import ema_from_first_update, ema_warmup, polyak
+from optaxtra._average import AverageParamsState, average_params, with_average
+from optaxtra._average_decay import (
+  ema_from_first_update,
+  ema_power_warmup,
+  ema_warmup,
+  polyak,
+)
 from optaxtra._core.hyper import ByPath, by_path
 from optaxtra._coupling import decay_schedule
 from optaxtra._freeze import with_frozen
@@ -47,6 +53,7 @@ from optaxtra._weight_decay import (
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+  "AdamWState",
   "AdamaxClippedState",
   "AddDecayedWeightsDecoupledState",
   "AverageParamsState",
@@ -62,6 +69,7 @@ __all__ = [
   "ScaleByScheduleState",
   "SkipBadStepsState",
   "adamax_clipped",
+  "adamw",
   "add_decayed_weights_decoupled",
   "average_params",
   "averaged_params",
@@ -70,9 +78,11 @@ __all__ = [
   "decay_schedule",
   "describe",
   "ema_from_first_update",
+  "ema_power_warmup",
   "ema_warmup",
   "inspect",
   "inspectable",
+  "interop",
   "layerwise_lr_decay",
   "masks",
   "migrate_state",
@@ -89,5 +99,6 @@ __all__ = [
   "set_learning_rate_scale",
   "skip_bad_steps",
   "testing",
+  "with_average",
   "with_frozen",
 ]

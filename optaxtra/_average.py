@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 from optaxtra._core import paths as _paths
 from optaxtra._core.dtypes import canonical_float_dtype, real_dtype
 from optaxtra._core.masking import resolve_mask
@@ -114,8 +115,9 @@ def average_params(
 ) -> optax.GradientTransformation:
   r"""Keeps an average of the params after each update; updates pass unchanged.
 
-  Place it *last* in the optimizer's chain: it averages the params each
-  update makes, :math:`p_t = \text{params} + \text{updates}` (exactly what
+  Place it *last* in the optimizer's chain, or let
+  :func:`optaxtra.with_average` place it: it averages the params each update
+  makes, :math:`p_t = \text{params} + \text{updates}` (exactly what
   :func:`optax.apply_updates` computes, in the params' dtype), into
 
   .. math::
@@ -163,8 +165,10 @@ def average_params(
     decay: the decay ``d_t`` in [0, 1): a float, or a schedule ``count ->
       d`` (such as :func:`optaxtra.ema_warmup`), whose values must be real
       scalars in [0, 1) (checked at init and at every step whose value is
-      concrete; a traced value is used as it is and recorded in the state).
-      1 would never move the average.
+      concrete; a traced value outside [0, 1) becomes NaN, in the average and
+      in the state, where :func:`optaxtra.inspect` shows it). 1 would never
+      move the average; so would ``0.99999999``, which is 1.0 in float32,
+      and is refused.
     mask: which parameters to average: a tree of bools with the params'
       structure (or a prefix of it), or a function params -> such a tree, as
       :func:`optaxtra.masks.path_mask` returns. None averages every parameter.
@@ -207,42 +211,29 @@ def average_params(
     Izmailov et al., `Averaging Weights Leads to Wider Optima and Better
     Generalization <https://arxiv.org/abs/1803.05407>`_, UAI 2018.
   """
-  schedule = callable(decay)
-  if not schedule:
-    _checks.check_scalar(
-      _FN,
-      "decay",
-      decay,
-      low=0.0,
-      high=1.0,
-      min_float32=True,
-      fix="It is the weight of the old average, e.g. 0.999; 1 never moves it.",
-    )
+  # The one resolver: a number is checked now, in the precision it is used
+  # in (0.99999999 is 1.0 in float32, where the average would never move); a
+  # schedule's values at every step (traced ones out of range become NaN).
+  hdecay = _hyper.resolve(
+    _FN,
+    "decay",
+    decay,
+    low=0.0,
+    high=1.0,
+    fix="It is the weight of the old average, e.g. 0.999; 1 never moves it.",
+  )
+  schedule = hdecay.is_schedule
   dtype = canonical_float_dtype(_FN, "dtype", dtype, complex_ok=True)
   fdt = _checks.default_float()
 
   def decay_at(count: jax.Array) -> Any:
-    """``d`` at ``count``: the number, or the schedule's value."""
-    if not schedule:
-      return decay
-    assert callable(decay)
-    return _checks.schedule_output(_FN, "decay", decay(count))
-
-  def check_range(d: Any, count: jax.Array) -> None:
-    if _checks.is_traced(d) or _checks.is_traced(count):
-      return
-    v = float(d)
-    if not 0 <= v < 1:
-      raise ValueError(
-        f"{_FN}: decay({int(count)}) is {v!r}; the decay must be in [0, 1) "
-        "(it is the weight of the old average: 1 never moves it, more "
-        "extrapolates). Check the schedule's value at that step."
-      )
+    """``d`` at ``count``: the number as given (rounded where it is used), or
+    the schedule's checked value."""
+    return hdecay(count) if schedule else decay
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
     d = decay_at(count)
-    check_range(d, count)
     leaves, treedef = jax.tree.flatten(params)
     # optax.tree_map_params calls init with a leafless placeholder: the
     # average is then that placeholder, which marks it as params-shaped.
@@ -270,7 +261,6 @@ def average_params(
     _checks.check_state(_FN, state, AverageParamsState)
     _checks.check_updates_match(_FN, updates, params, "params")
     d = decay_at(state.count)
-    check_range(d, state.count)
     # Matched by path, never by position: params whose names differ from the
     # ones init saw are refused by name, even where the shapes agree.
     pairs = _paths.match(
@@ -325,3 +315,52 @@ def average_params(
 
 
 # --- Reading the average back ---------------------------------------------------
+
+
+def with_average(
+  inner: optax.GradientTransformation,
+  decay: float | Callable[[jax.Array], Any] = 0.999,
+  *,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """``inner``, keeping an average of the params it makes: cannot be misplaced.
+
+  The same as ``optax.chain(inner, optaxtra.average_params(decay, mask=mask,
+  dtype=dtype))``, the average placed after every stage of ``inner``, where it
+  must be: an ``average_params`` placed earlier in a chain would average the
+  params plus raw gradients, or plus an update not yet scaled by the learning
+  rate, and nothing could tell. Read the average with
+  :func:`optaxtra.averaged_params`; :func:`optaxtra.describe` shows which
+  parameters it covers.
+
+  Args:
+    inner: the optimizer, e.g. ``optaxtra.adamw(1e-3)``.
+    decay: as for :func:`optaxtra.average_params`.
+    mask: as for :func:`optaxtra.average_params`.
+    dtype: as for :func:`optaxtra.average_params`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` whose state is the
+    chain's ``(inner_state, AverageParamsState)``: checkpoints of the chain
+    written out by hand restore into it, and extra arguments (``value=``)
+    reach ``inner``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax, optaxtra
+    >>> tx = optaxtra.with_average(optax.sgd(0.5), 0.9)
+    >>> params = {"w": jnp.array([1.0, 2.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([2.0, 2.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> optaxtra.averaged_params(state, params)["w"]  # 0.9 * [1, 2] + 0.1 * [0, 1]
+    Array([0.9, 1.9], dtype=float32)
+  """
+  if not isinstance(inner, optax.GradientTransformation):
+    hint = " (a function: call it, e.g. optax.adam(1e-3))" if callable(inner) else ""
+    raise TypeError(
+      "with_average: inner must be an optax.GradientTransformation, got "
+      f"{inner!r}{hint}."
+    )
+  return optax.chain(inner, average_params(decay, mask=mask, dtype=dtype))

@@ -654,18 +654,46 @@ def test_the_helpers_check_their_decay(helper):
 
 def test_a_schedule_is_checked_at_init_and_at_every_concrete_step():
   params = {"w": jnp.ones(2)}
-  with pytest.raises(ValueError, match=r"decay\(0\) is 1.0"):
+  with pytest.raises(
+    ValueError, match=r"decay is 1.0 at step 0; it must be in \[0, 1\)"
+  ):
     optaxtra.average_params(lambda n: 1.0).init(params)
   tx = optaxtra.average_params(lambda n: jnp.where(n < 2, 0.5, 1.5))
   state = tx.init(params)
   grads = {"w": jnp.ones(2)}
   for _ in range(2):
     _, state = tx.update(grads, state, params)
-  with pytest.raises(ValueError, match=r"decay\(2\) is 1.5"):
+  with pytest.raises(ValueError, match=r"decay is 1.5 at step 2"):
     tx.update(grads, state, params)
-  # Under jit the value is traced: used as it is, and recorded.
+  # Under jit the value is traced: a NaN, in the state and in the average
+  # (never an extrapolating average that looks fine).
   _, jitted = jax.jit(tx.update)(grads, state, params)
-  assert float(jitted.decay) == 1.5
+  assert np.isnan(float(jitted.decay))
+  assert np.isnan(np.asarray(jitted.average["w"])).all()
+
+
+def test_a_decay_that_rounds_to_one_is_refused():
+  # 0.99999999 is 1.0 in float32: the average would never move (optax.ema
+  # moves, since it computes 1 - d in double precision before rounding).
+  with pytest.raises(ValueError, match=r"decay=0.99999999 is 1.0 in float32"):
+    optaxtra.average_params(0.99999999)
+
+
+def test_with_average_places_the_average_last():
+  params = {"w": jnp.array([1.0, 2.0])}
+  grads = {"w": jnp.array([2.0, 2.0])}
+  wrapped = optaxtra.with_average(optax.sgd(0.5), 0.9)
+  chained = optax.chain(optax.sgd(0.5), optaxtra.average_params(0.9))
+  sw, sc = wrapped.init(params), chained.init(params)
+  uw, sw = wrapped.update(grads, sw, params)
+  uc, sc = chained.update(grads, sc, params)
+  np.testing.assert_array_equal(uw["w"], uc["w"])
+  p = optax.apply_updates(params, uw)
+  np.testing.assert_array_equal(
+    optaxtra.averaged_params(sw, p)["w"], optaxtra.averaged_params(sc, p)["w"]
+  )
+  with pytest.raises(TypeError, match=r"a function: call it"):
+    optaxtra.with_average(optax.adam, 0.9)
   with pytest.raises(TypeError, match=r"decay returned None"):
     optaxtra.average_params(lambda n: None).init(params)
   with pytest.raises(TypeError, match=r"dtype bool"):
@@ -680,7 +708,9 @@ def test_update_needs_the_params_and_its_own_state():
     tx.update(params, state)
   with pytest.raises(TypeError, match=r"expected the AverageParamsState made by init"):
     tx.update(params, state._asdict(), params)
-  with pytest.raises(ValueError, match=r"Only in the params: .v.; only in the state.s average: .w."):
+  with pytest.raises(
+    ValueError, match=r"Only in the params: .v.; only in the state.s average: .w."
+  ):
     tx.update({"v": jnp.ones(2)}, state, {"v": jnp.ones(2)})
 
 
