@@ -162,11 +162,13 @@ def average_params(
   ``dtype`` saves memory at that cost.
 
   Args:
-    decay: the decay ``d_t`` in [0, 1): a float, or a schedule ``count ->
-      d`` (such as :func:`optaxtra.ema_warmup`), whose values must be real
-      scalars in [0, 1) (checked at init and at every step whose value is
-      concrete; a traced value outside [0, 1) becomes NaN, in the average and
-      in the state, where :func:`optaxtra.inspect` shows it). 1 would never
+    decay: the decay ``d_t`` in [0, 1): a float, values by parameter path
+      (:func:`optaxtra.by_path`; the state's ``decay`` is then a dict by
+      rule), or a schedule ``count -> d`` (such as
+      :func:`optaxtra.ema_warmup`), whose values must be real scalars in
+      [0, 1) (checked at init and at every step whose value is concrete; a
+      traced value outside [0, 1) becomes NaN, in the average and in the
+      state, where :func:`optaxtra.inspect` shows it). 1 would never
       move the average; so would ``0.99999999``, which is 1.0 in float32,
       and is refused.
     mask: which parameters to average: a tree of bools with the params'
@@ -214,7 +216,7 @@ def average_params(
   # The one resolver: a number is checked now, in the precision it is used
   # in (0.99999999 is 1.0 in float32, where the average would never move); a
   # schedule's values at every step (traced ones out of range become NaN).
-  hdecay = _hyper.resolve(
+  hdecay = _hyper.resolve_by_path(
     _FN,
     "decay",
     decay,
@@ -222,14 +224,18 @@ def average_params(
     high=1.0,
     fix="It is the weight of the old average, e.g. 0.999; 1 never moves it.",
   )
-  schedule = hdecay.is_schedule
   dtype = canonical_float_dtype(_FN, "dtype", dtype, complex_ok=True)
   fdt = _checks.default_float()
+  keys = [label[len("decay") :] for label in hdecay.labels]
 
-  def decay_at(count: jax.Array) -> Any:
-    """``d`` at ``count``: the number as given (rounded where it is used), or
-    the schedule's checked value."""
-    return hdecay(count) if schedule else decay
+  def decay_at(count: jax.Array) -> list[Any]:
+    """``d`` by rule at ``count``: a number as given (rounded where it is
+    used), or the checked value of a schedule or a traced value."""
+    return [h.value if h.constant is not None else h(count) for h in hdecay.hypers]
+
+  def record(ds: list[Any]) -> Any:
+    out = [jnp.asarray(d).astype(fdt) for d in ds]
+    return dict(zip(keys, out, strict=True)) if hdecay.by_path else out[0]
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
@@ -244,13 +250,14 @@ def average_params(
     # Params from an enclosing optax.masked hold MaskedNodes, which the
     # average keeps.
     paths = _paths.paths(params)
+    hdecay.assign(paths)  # a by_path's rules checked here
     average = treedef.unflatten(
       [
         _initial(path, p, dtype) if f else optax.MaskedNode()
         for path, p, f in zip(paths, leaves, flags, strict=True)
       ]
     )
-    return AverageParamsState(count, jnp.asarray(d).astype(fdt), average)
+    return AverageParamsState(count, record(d), average)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -269,16 +276,23 @@ def average_params(
     u_entries, _ = _paths.walk(updates)
     _, treedef = _paths.walk(state.average)
     consts: dict[Any, tuple[jax.Array, jax.Array]] = {}
+    rule = dict(
+      zip(
+        (p.path for p, _ in pairs),
+        hdecay.assign([p.path for p, _ in pairs]),
+        strict=True,
+      )
+    )
 
-    def constants(rdt):  # once per dtype, not per leaf: less to trace
-      if rdt not in consts:
+    def constants(rdt, i):  # once per dtype and rule, not per leaf
+      if (rdt, i) not in consts:
         # d rounded to the average's precision, and 1 - d from that (exact
         # for d >= 1/2): the same numbers whether d is a float, a float32
         # array from optax.inject_hyperparams or a schedule's value, as
         # TensorFlow and Keras compute them.
-        dc = jnp.asarray(d, rdt)
-        consts[rdt] = (dc, 1 - dc)
-      return consts[rdt]
+        dc = jnp.asarray(d[i], rdt)
+        consts[(rdt, i)] = (dc, 1 - dc)
+      return consts[(rdt, i)]
 
     def leaf(path, a, p, u):
       if jnp.shape(a) != jnp.shape(p):
@@ -297,7 +311,7 @@ def average_params(
       p = jnp.asarray(p)
       p_new = jnp.asarray(p + u).astype(p.dtype)  # as optax.apply_updates does
       cdt = jnp.result_type(jnp.float32, a.dtype, p_new.dtype)
-      dc, wc = constants(real_dtype(cdt))
+      dc, wc = constants(real_dtype(cdt), rule[path])
       ac, pc = a.astype(cdt), _stored(p_new).astype(cdt)
       diff = pc - ac
       out = jnp.where(wc < 0.5, ac + wc * diff, pc - dc * diff)
@@ -308,7 +322,7 @@ def average_params(
       for (p, a), u in zip(pairs, u_entries, strict=True)
     ]
     return updates, AverageParamsState(
-      safe_increment(state.count), jnp.asarray(d).astype(fdt), treedef.unflatten(new)
+      safe_increment(state.count), record(d), treedef.unflatten(new)
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -230,10 +230,16 @@ class ByPath:
       parameter is an error).
   """
 
-  def __init__(self, rules: tuple[tuple[str, Any], ...], default: Any):
+  def __init__(
+    self,
+    rules: tuple[tuple[str, Any], ...],
+    default: Any,
+    compiled: tuple[re.Pattern, ...] | None = None,
+  ):
     self.rules = rules
     self.default = default
-    self._compiled = tuple(re.compile(p) for p, _ in rules)
+    # Compiled patterns keep their flags (re.compile("layernorm", re.I)).
+    self._compiled = compiled or tuple(re.compile(p) for p, _ in rules)
 
   def __repr__(self) -> str:
     inner = ", ".join(f"{p!r}: {v!r}" for p, v in self.rules)
@@ -268,6 +274,13 @@ class ByPath:
       zip(self.rules, self._compiled, strict=True)
     ):
       matches = [p for p in paths if rx.search(p)]
+      if rx.search("") is not None and any(paths) and len(matches) == len(paths):
+        raise ValueError(
+          f"{fn}: {name} rule {pattern!r} matches the empty string, hence every "
+          "parameter path (an alternative left empty, as in 'bias|', or a "
+          "pattern that is all optional). Fix the pattern, or use default= for "
+          "the value every other parameter takes."
+        )
       if not matches:
         raise ValueError(
           f"{fn}: {name} rule {pattern!r} matches no parameter path. The paths "
@@ -341,15 +354,21 @@ def by_path(
     raise ValueError(f"{fn}: rules is empty; give at least one pattern -> value.")
   seen = set()
   out = []
+  compiled = []
   for pattern, value in pairs:
-    if isinstance(pattern, re.Pattern):
-      pattern = pattern.pattern
+    rx = pattern if isinstance(pattern, re.Pattern) else None
+    if rx is not None:
+      if not isinstance(rx.pattern, str):
+        raise TypeError(
+          f"{fn}: pattern {rx.pattern!r} is a bytes pattern; paths are str."
+        )
+      pattern = rx.pattern
     if not isinstance(pattern, str):
       raise TypeError(
         f"{fn}: every pattern must be a str (a regular expression), got {pattern!r}."
       )
     try:
-      re.compile(pattern)
+      compiled.append(rx if rx is not None else re.compile(pattern))
     except re.error as e:
       raise ValueError(
         f"{fn}: pattern {pattern!r} is not a valid regular expression ({e}); "
@@ -363,7 +382,7 @@ def by_path(
     out.append((pattern, value))
   if isinstance(default, ByPath):
     raise TypeError(f"{fn}: default must be a number or a schedule, not a by_path.")
-  return ByPath(tuple(out), default)
+  return ByPath(tuple(out), default, tuple(compiled))
 
 
 # --- Resolved hyperparameters ----------------------------------------------------
