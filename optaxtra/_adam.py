@@ -48,14 +48,15 @@ class ScaleByAdamState(NamedTuple):
       bias correction multiplied the last step by (1 with
       ``bias_correction=False``, and before the first update). A learning rate
       times this factor is Adam's effective step size alpha_t (Kingma & Ba,
-      Section 2), reported by :func:`optaxtra.inspect`.
+      Section 2), reported by :func:`optaxtra.inspect`. None where ``b1`` or
+      ``b2`` are given by path: each group then has its own factor.
   """
 
   # A NamedTuple field named like tuple.count, as in Optax's states.
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   mu: optax.Updates
   nu: optax.Updates
-  bias_correction: jax.Array
+  bias_correction: jax.Array | None
 
 
 def scale_by_adam(
@@ -284,4 +285,6 @@ def scale_by_adam(
       bc = jnp.ones([], fdt)
     return new_updates, ScaleByAdamState(count=count, mu=mu, nu=nu, bias_correction=bc)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty
+  # subtree: bias_correction is None where b1 or b2 differ by path.
+  return optax.GradientTransformation(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -10,6 +10,7 @@ import optax
 from jax.typing import ArrayLike
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 from optaxtra._core.dtypes import (
   canonical_float_dtype,
   check_trainable_params,
@@ -154,10 +155,10 @@ def scale_by_adamax_clipped(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015 (Adamax, Algorithm 2).
   """
-  _checks.check_scalar(_FN, "b1", b1, low=0.0, high=1.0, min_float32=True)
-  _checks.check_scalar(_FN, "b2", b2, low=0.0, high=1.0, min_float32=True)
-  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
-  _checks.check_scalar(
+  _hyper.real(_FN, "b1", b1, low=0.0, high=1.0)
+  _hyper.real(_FN, "b2", b2, low=0.0, high=1.0)
+  _hyper.real(_FN, "eps", eps, low=0.0, high=None)
+  _hyper.real(
     _FN,
     "clip_multiplier",
     clip_multiplier,
@@ -165,10 +166,9 @@ def scale_by_adamax_clipped(
     low_open=True,
     high=None,
     fix="Use a value > 1 (1.2 in the paper); use clip=False to turn clipping off.",
-    min_float32=True,
   )
   _checks.check_flag(_FN, "clip", clip)
-  _checks.check_scalar(
+  _hyper.real(
     _FN,
     "clip_epsilon",
     clip_epsilon,
@@ -182,7 +182,6 @@ def scale_by_adamax_clipped(
     )
     if clip
     else "",
-    min_float32=True,
   )
   _checks.check_flag(_FN, "bias_correction", bias_correction)
   mu_dtype = canonical_float_dtype(_FN, "mu_dtype", mu_dtype, complex_ok=not clip)

@@ -204,4 +204,6 @@ def adamw(
       bias_correction=a.bias_correction,
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  # optax.OptState (an ArrayTree) has no None, which JAX takes as an empty
+  # subtree: bias_correction is None where b1 or b2 differ by path.
+  return optax.GradientTransformation(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -230,7 +230,9 @@ def adamax_clipped(
       learning_rate=lr.init_value(params),
       learning_rate_scale=lr.init_scale(),
       weight_decay=decay.record_wd(wds) if wds is not None else None,
-      decay_rate=decay.record_rates(rates, keys) if rates is not None else None,
+      decay_rate=(
+        decay.record_rates(rates, keys) if rates is not None and keys else None
+      ),
       clip_fraction=a.clip_fraction,
       bias_correction=a.bias_correction,
     )
@@ -267,7 +269,9 @@ def adamax_clipped(
       learning_rate=used,
       learning_rate_scale=state.learning_rate_scale,
       weight_decay=decay.record_wd(wds) if wds is not None else None,
-      decay_rate=decay.record_rates(rates, keys) if rates is not None else None,
+      decay_rate=(
+        decay.record_rates(rates, keys) if rates is not None and keys else None
+      ),
       clip_fraction=a.clip_fraction,
       bias_correction=a.bias_correction,
     )

@@ -7,10 +7,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 from optaxtra._core.dtypes import compute_dtype
 from optaxtra._core.numerics import safe_increment
 from optaxtra._introspect.declare import inspectable
@@ -66,42 +66,6 @@ class ReduceOnPlateauState(NamedTuple):
   cooldown_counter: jax.Array
   value_sum: jax.Array
   value_count: jax.Array
-
-
-def _check_int(name: str, value: Any, *, low: int) -> None:
-  """Raises unless ``value`` is an int in [low, 2**31 - 1] (tracers: int dtype)."""
-  if value is None or isinstance(value, bool | np.bool_ | float | str | bytes):
-    raise TypeError(f"{_FN}: {name} must be an int, got {value!r}.")
-  if _checks.is_traced(value):
-    ok = jnp.issubdtype(value.dtype, jnp.integer) and value.shape == ()
-    if not ok:
-      raise TypeError(
-        f"{_FN}: {name} must be an int, got a traced {value.dtype} array of "
-        f"shape {value.shape}."
-      )
-    return
-  try:
-    arr = np.asarray(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{_FN}: {name} must be an int, got {value!r}.") from None
-  if arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.integer):
-    raise TypeError(f"{_FN}: {name} must be an int, got {value!r}.")
-  if not low <= int(arr) <= _INT32_MAX:
-    raise ValueError(
-      f"{_FN}: {name} must be an int in [{low}, 2**31 - 1] (it is compared with "
-      f"an int32 counter), got {int(arr)}."
-    )
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-  shown = " or ".join(repr(c) for c in choices)
-  if not isinstance(value, str):
-    raise TypeError(
-      f"{_FN}: {name} must be the string {shown}, got {value!r}. It selects "
-      "code at trace time; with optax.inject_hyperparams it stays static."
-    )
-  if value not in choices:
-    raise ValueError(f"{_FN}: {name} must be {shown}, got {value!r}.")
 
 
 def _value(value: Any, dtype: Any) -> jax.Array:
@@ -249,20 +213,19 @@ def reduce_on_plateau(
     PyTorch, ``torch.optim.lr_scheduler.ReduceLROnPlateau``; its relative
     threshold with negative metrics: https://github.com/pytorch/pytorch/issues/47513.
   """
-  _checks.check_scalar(
+  _hyper.real(
     _FN,
     "factor",
     factor,
     low=0.0,
     high=1.0,
     fix="It multiplies the scale at each reduction.",
-    min_float32=True,
   )
-  _check_int("patience", patience, low=0)
-  _check_choice("mode", mode, ("min", "max"))
-  _check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+  _hyper.integer_or_traced(_FN, "patience", patience, low=0)
+  _hyper.choice(_FN, "mode", mode, ("min", "max"))
+  _hyper.choice(_FN, "threshold_mode", threshold_mode, ("rel", "abs"))
   if threshold_mode == "rel":
-    _checks.check_scalar(
+    _hyper.real(
       _FN,
       "threshold",
       threshold,
@@ -270,14 +233,11 @@ def reduce_on_plateau(
       high=1.0,
       fix="With threshold_mode='rel' it is a share of |best|; for an amount "
       "use threshold_mode='abs'.",
-      min_float32=True,
     )
   else:
-    _checks.check_scalar(
-      _FN, "threshold", threshold, low=0.0, high=None, min_float32=True
-    )
-  _check_int("cooldown", cooldown, low=0)
-  _checks.check_scalar(
+    _hyper.real(_FN, "threshold", threshold, low=0.0, high=None)
+  _hyper.integer_or_traced(_FN, "cooldown", cooldown, low=0)
+  _hyper.real(
     _FN,
     "min_scale",
     min_scale,
@@ -286,10 +246,9 @@ def reduce_on_plateau(
     high_open=False,
     fix="The scale starts at 1 and only decreases; for PyTorch's min_lr pass "
     "min_lr / initial learning rate.",
-    min_float32=True,
   )
-  _checks.check_scalar(_FN, "eps", eps, low=0.0, high=None, min_float32=True)
-  _check_int("accumulation_steps", accumulation_steps, low=1)
+  _hyper.real(_FN, "eps", eps, low=0.0, high=None)
+  _hyper.integer_or_traced(_FN, "accumulation_steps", accumulation_steps, low=1)
   fdt = _checks.default_float()
   minimize = mode == "min"
 

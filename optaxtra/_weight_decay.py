@@ -182,14 +182,16 @@ def decay_updates(
   """``updates - rate * params`` on the leaves ``mask`` selects (all for None);
   ``index`` gives each parameter's rule in ``rates``."""
   pairs = _paths.match(fn, params, updates, a_is="the params", b_is="the updates")
-  flags = resolve_mask(fn, mask, params) if mask is not None else [True] * len(pairs)
+  live = [(p, u) for p, u in pairs if not (p.masked or u.masked)]
+  # One flag per parameter the stage sees (optax.masked and partition hide
+  # the others as MaskedNode).
+  flags = resolve_mask(fn, mask, params) if mask is not None else [True] * len(live)
   u_entries, treedef = _paths.walk(updates)
 
   def leaf(u, p, r):
     dt = compute_dtype(u, p, r)
     return (u.astype(dt) - r.astype(dt) * p.astype(dt)).astype(u.dtype)
 
-  live = [(p, u) for p, u in pairs if not (p.masked or u.masked)]
   out = [
     leaf(u.value, p.value, rates[i]) if f else u.value
     for (p, u), f, i in zip(live, flags, index, strict=True)

@@ -128,6 +128,8 @@ def real(
     to its value).
   """
   rng = Range(low, high, low_open, high_open, fix)
+  if callable(value):
+    raise TypeError(f"{fn}: {name} must be a number here, not a schedule ({value!r}).")
   if value is None or isinstance(value, bool | np.bool_):
     raise TypeError(f"{fn}: {name} must be a number, got {value!r}.{_suffix(fix)}")
   try:
@@ -137,8 +139,6 @@ def real(
   _checks.check_float32_or_wider(fn, name, value)
   if v is None:
     return None
-  if callable(value):
-    raise TypeError(f"{fn}: {name} must be a number here, not a schedule.")
   dt = _checks.default_float() if dtype is None else dtype
   held = _in_dtype(v, dt)
   if not math.isfinite(v):
@@ -185,11 +185,9 @@ def integer(
       bad = True
   if bad or arr is None or arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
     what = f"{value!r}" if not _checks.is_traced(value) else "a traced array"
-    raise TypeError(
-      f"{fn}: {name} must be an int, got {what}"
-      f"{'' if not hasattr(value, 'dtype') else f' of dtype {value.dtype}'}."
-      f"{_suffix(fix)}"
-    )
+    dtype = getattr(value, "dtype", None)
+    of = "" if dtype is None else f" of dtype {dtype}"
+    raise TypeError(f"{fn}: {name} must be an int, got {what}{of}.{_suffix(fix)}")
   v = int(arr)
   if not low <= v <= high:
     hi = "2**31 - 1" if high == INT32_MAX else str(high)
@@ -197,6 +195,21 @@ def integer(
       f"{fn}: {name} must be an int in [{low}, {hi}], got {v}.{_suffix(fix)}"
     )
   return v
+
+
+def integer_or_traced(
+  fn: str, name: str, value: Any, *, low: int = 0, high: int = INT32_MAX, fix: str = ""
+) -> None:
+  """:func:`integer`, letting through a traced integer scalar (a value that
+  ``optax.inject_hyperparams`` passes), whose number is unknown at trace time."""
+  if _checks.is_traced(value):
+    if jnp.issubdtype(value.dtype, jnp.integer) and value.shape == ():
+      return
+    raise TypeError(
+      f"{fn}: {name} must be an int, got a traced {value.dtype} array of shape "
+      f"{value.shape}.{_suffix(fix)}"
+    )
+  integer(fn, name, value, low=low, high=high, fix=fix)
 
 
 def flag(fn: str, name: str, value: Any) -> bool:
