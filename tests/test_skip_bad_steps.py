@@ -532,9 +532,9 @@ def test_inspect_reports_the_counters_and_one_count():
     ({"inner": None}, TypeError, "inner must be an optax.GradientTransformation"),
     ({"spike_sigma": 0.0}, ValueError, r"spike_sigma must be in \(0, inf\)"),
     ({"spike_sigma": -1.0}, ValueError, "spike_sigma must be in"),
-    ({"spike_sigma": float("inf")}, ValueError, "spike_sigma must be a finite"),
-    ({"spike_sigma": float("nan")}, ValueError, "spike_sigma must be a finite"),
-    ({"spike_sigma": "6"}, TypeError, "spike_sigma must be a real scalar"),
+    ({"spike_sigma": float("inf")}, ValueError, r"spike_sigma must be .*got inf"),
+    ({"spike_sigma": float("nan")}, ValueError, r"spike_sigma must be .*got nan"),
+    ({"spike_sigma": "6"}, TypeError, "spike_sigma must be a"),
     ({"spike_sigma": True}, TypeError, "spike_sigma must be a number"),
     ({"spike_sigma": lambda n: 6.0}, TypeError, "spike_sigma must be a number"),
     ({"window": 1}, ValueError, r"window must be an int in \[2, "),
@@ -601,7 +601,7 @@ def _worker_sharded():
   state = tx.init(params)
   text = jax.jit(tx.update).lower(grads, state, params).compile().as_text()
   found = re.findall(
-    r"=\s*(\S+)\s+(all-reduce|all-gather|all-to-all|"
+    r"=\s*(.+?)\s+(all-reduce|all-gather|all-to-all|"
     r"collective-permute|reduce-scatter)(?:-start)?\(",
     text,
   )
@@ -609,7 +609,7 @@ def _worker_sharded():
   for shape, op in found:
     assert op == "all-reduce", (op, shape)
     dims = re.findall(r"\[([0-9,]*)\]", shape)
-    assert all(d == "" for d in dims), shape  # scalars only
+    assert dims and all(d == "" for d in dims), shape  # scalars only
   updates, state = jax.jit(tx.update)(grads, state, params)
   assert updates["w"].sharding.is_equivalent_to(params["w"].sharding, 2)
 
