@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import jax
@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optaxtra._adam import ScaleByAdamState
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState
+from optaxtra._adamw import AdamWState
 from optaxtra._alias import AdamaxClippedState
 from optaxtra._core import paths as _paths
 from optaxtra._core.patterns import Patterns, _compile, _no_match
@@ -108,10 +110,12 @@ def migrates_from(
     >>> params = {"w": jnp.ones(2)}
     >>> new_tx = optax.GradientTransformation(
     ...     lambda p: NewState(jnp.int32(0), {"w": jnp.zeros(2)}), None)
-    >>> old = OldState(jnp.int32(7), {"w": jnp.full(2, 0.5)})
+    >>> old = OldState(jnp.int32(7), {"w": jnp.array([0.5, 0.5])})
     >>> state, report = optaxtra.migrate_state(new_tx, params, old)
-    >>> state
-    NewState(count=Array(7, dtype=int32), trace={'w': Array([0.5, 0.5], dtype=float32)})
+    >>> state.trace["w"]
+    Array([0.5, 0.5], dtype=float32)
+    >>> report.sources
+    {'NewState/count': 'OldState/count', 'NewState/trace/w': 'OldState/acc/w'}
   """
   resolved: list[tuple[type, Mapping[str, str | None]]] = []
   for item in states:
@@ -175,6 +179,14 @@ migrates_from((AdamaxClippedState, {"learning_rate_scale": "scale"}))(
   ScaleByLearningRateState
 )
 migrates_from(AdamaxClippedState)(AddDecayedWeightsDecoupledState)
+# optaxtra.adamw continues Adam written as a chain, optaxtra's or Optax's (whose
+# moments are Adam's too: count, mu, nu).
+migrates_from(
+  ScaleByAdamState,
+  optax.ScaleByAdamState,
+  (ScaleByLearningRateState, {"scale": "learning_rate_scale", "count": None}),
+  (AddDecayedWeightsDecoupledState, {"count": None}),
+)(AdamWState)
 
 
 # --- The layouts of earlier versions ------------------------------------------
@@ -240,6 +252,7 @@ _layout(
   {"count": "count", "decay_rate": "decay_rate"},
 )
 
+
 def _continued(cls: Any) -> list[tuple[type, dict[str, str]]]:
   """The classes ``cls`` continues, ``(class, {field of cls: its field})``:
   its own earlier layouts, then each declared class and its earlier layouts."""
@@ -284,8 +297,9 @@ def checkpoint_target(
     >>> import optaxtra
     >>> params = {"w": jnp.zeros(2)}
     >>> tx = optaxtra.add_decayed_weights_decoupled(1e-2, schedule=None)
-    >>> optaxtra.checkpoint_target(tx, params, version="0.2")
-    AddDecayedWeightsDecoupledState_0_2(count=ShapeDtypeStruct(shape=(), dtype=int32), decay_rate=ShapeDtypeStruct(shape=(), dtype=float32))
+    >>> target = optaxtra.checkpoint_target(tx, params, version="0.2")
+    >>> type(target).__name__, target._fields  # 0.3 added weight_decay
+    ('AddDecayedWeightsDecoupledState_0_2', ('count', 'decay_rate'))
   """
   target = jax.eval_shape(tx.init, params)
   if version is None:
@@ -377,17 +391,19 @@ class _Walk:
     return x if self.put is None else self.put(leaf)
 
   def _per_parameter(self, cls: type, field: str, child: Any) -> bool:
-    decl = declaration(cls)
-    if decl is not None and field in decl.trees:
-      return True
+    """Whether ``child``, the field of a ``cls``, holds a value per parameter:
+    a tree naming the params' paths, or a field declared to hold a tree (e.g.
+    a moment of a model that has since changed) that is not a single array."""
     if child is None or isinstance(child, optax.MaskedNode):
       return False
     entries, _ = _paths.walk(child)
-    if [e.path for e in entries] != self.param_paths:
-      return False
-    if self.param_paths == [""]:  # params of one array: a scalar is not one
-      return np.shape(entries[0].value) == self.param_shape
-    return True
+    names = [e.path for e in entries]
+    if names == [""]:  # a single array: per parameter only for params of one
+      return self.param_paths == [""] and np.shape(child) == self.param_shape
+    if names == self.param_paths:
+      return True
+    decl = declaration(cls)
+    return decl is not None and field in decl.trees
 
   def _node(self, node: Any, where: tuple[str, ...], ctx: Any, sub: str = "") -> Any:
     if node is None or isinstance(node, optax.MaskedNode):
@@ -416,7 +432,9 @@ class _Walk:
       if self._per_parameter(cls, key, child):
         entries, treedef = _paths.walk(child)
         values = [
-          e.value if e.masked else self._leaf((*here, e.path), field_ctx, e.path, True, e.value)
+          e.value
+          if e.masked
+          else self._leaf((*here, e.path), field_ctx, e.path, True, e.value)
           for e in entries
         ]
         new.append(_paths.rebuild(entries, treedef, values))
@@ -435,7 +453,9 @@ class _Walk:
         "Orbax then gives NamedTuple states back as dicts and tuples as lists, "
         "and which value belongs to which field is lost. Restore against the "
         "old optimizer's state: ckptr.restore(path, jax.eval_shape(old_tx.init, "
-        "params)), then migrate what it returns."
+        "params)) (for a checkpoint written by an earlier optaxtra, "
+        "optaxtra.checkpoint_target(old_tx, params, version=...)), then migrate "
+        "what it returns."
       )
 
 
@@ -476,7 +496,15 @@ class MigrationReport:
       made them.
     dropped: the paths in the old state whose value went nowhere.
     sources: for each carried path, the old state's path it came from.
-    reasons: for each initialised path, why it was not carried.
+    reasons: for each initialised path, why it was not carried: ``"not in
+      the old state"``, ``"reset"``, or ``"a hyperparameter: new_tx's own"``.
+    rows: the table's rows in order (new state first, then what was dropped),
+      each with ``status`` (``"carried"``, ``"initialised"``, ``"dropped"``),
+      ``new`` and ``old`` (the paths, ``""`` where there is none) and ``why``.
+
+  ``str(report)`` is that table, with the rows of a per-parameter field that
+  share a status shown as one row (``.../mu/* (120 parameters)``) when there
+  are more than six of them.
   """
 
   carried: list[str]
@@ -484,7 +512,8 @@ class MigrationReport:
   dropped: list[str]
   sources: dict[str, str]
   reasons: dict[str, str]
-  rows: tuple[_Row, ...] = dataclasses.field(repr=False)
+  # Any: the row class is private (its fields are documented above).
+  rows: tuple[Any, ...] = dataclasses.field(repr=False)
 
   def __str__(self) -> str:
     head = (
@@ -497,7 +526,9 @@ class MigrationReport:
     widths = [max(len(c[i]) for c in cells) for i in range(3)]
     lines = [head]
     for n, row in enumerate(cells):
-      lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+      lines.append(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+      )
       if n == 0:
         lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -722,28 +753,43 @@ def migrate_state(
     Adding an average of the weights to a running optimizer; the optimizer
     goes on bit for bit, the average starts at the current params:
 
-    >>> import jax, jax.numpy as jnp
+    >>> import jax.numpy as jnp
     >>> import optax, optaxtra
-    >>> params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    >>> params = {"w": jnp.array([1.0, -2.0])}
     >>> old_tx = optaxtra.adamax_clipped(1e-2)
     >>> state = old_tx.init(params)
-    >>> updates, state = old_tx.update({"w": jnp.ones(2), "b": jnp.array(1.0)}, state)
+    >>> updates, state = old_tx.update({"w": jnp.ones(2)}, state)
     >>> params = optax.apply_updates(params, updates)
     >>> new_tx = optax.chain(old_tx, optaxtra.average_params(0.99))
     >>> new_state, report = optaxtra.migrate_state(new_tx, params, state)
     >>> int(new_state[0].count), int(new_state[1].count)
     (1, 0)
-    >>> print(report)
-    migrate_state: 4 carried, 4 initialised, 0 dropped
-    new state                             old state                          what
-    ------------------------------------  ---------------------------------  ---------------------------------
-    0/AdamaxClippedState/count            AdamaxClippedState/count           carried
-    0/AdamaxClippedState/mu/b             AdamaxClippedState/mu/b            carried
-    0/AdamaxClippedState/mu/w             AdamaxClippedState/mu/w            carried
-    0/AdamaxClippedState/nu/b             AdamaxClippedState/nu/b            carried
-    0/AdamaxClippedState/nu/w             AdamaxClippedState/nu/w            carried
-    0/AdamaxClippedState/learning_rate    AdamaxClippedState/learning_rate   carried
-    ...
+    >>> print(report)  # columns aligned; shown here with single spaces
+    migrate_state: 5 carried, 3 initialised, 0 dropped
+    new state old state what
+    ---...
+    0/AdamaxClippedState/count AdamaxClippedState/count carried
+    0/AdamaxClippedState/mu/w AdamaxClippedState/mu/w carried
+    0/AdamaxClippedState/nu/w AdamaxClippedState/nu/w carried
+    0/AdamaxClippedState/learning_rate AdamaxClippedState/learning_rate carried
+    0/AdamaxClippedState/learning_rate_scale AdamaxClippedState/... carried
+    1/AverageParamsState/count - initialised (not in the old state)
+    1/AverageParamsState/decay - initialised (not in the old state)
+    1/AverageParamsState/average/w - initialised (not in the old state)
+
+    A checkpoint of the chain that :func:`optaxtra.adamax_clipped` fuses,
+    continued as the fused optimizer:
+
+    >>> chain = optax.chain(
+    ...     optaxtra.scale_by_adamax_clipped(),
+    ...     optaxtra.scale_by_learning_rate(1e-2),
+    ...     optaxtra.add_decayed_weights_decoupled(1e-4, schedule=1e-2))
+    >>> fused = optaxtra.adamax_clipped(1e-2, weight_decay=1e-4)
+    >>> state, report = optaxtra.migrate_state(fused, params, chain.init(params))
+    >>> report.sources["AdamaxClippedState/learning_rate_scale"]
+    '1/ScaleByLearningRateState/scale'
+    >>> report.dropped  # the fused state keeps one count
+    ['1/ScaleByLearningRateState/count', '2/AddDecayedWeightsDecoupledState/count']
   """
   _check_arguments(new_tx, old_state)
   boxes = _paths.box_types()
@@ -755,8 +801,10 @@ def migrate_state(
         "state (NamedTuple) in it: a checkpoint restored without a target "
         "(Orbax gives NamedTuple states back as dicts, tuples as lists), or not "
         "a state at all (the params?). Restore against the old optimizer's "
-        "state: ckptr.restore(path, jax.eval_shape(old_tx.init, params)), then "
-        "migrate what it returns."
+        "state: ckptr.restore(path, jax.eval_shape(old_tx.init, params)) (for a "
+        "checkpoint written by an earlier optaxtra, "
+        "optaxtra.checkpoint_target(old_tx, params, version=...)), then migrate "
+        "what it returns."
       )
   patterns = _compile_reset(reset, params)
   fresh = new_tx.init(params)
@@ -788,8 +836,8 @@ def migrate_state(
   for i, leaf in enumerate(new):
     src = source(leaf)
     if leaf.config:
-      reasons[leaf.where] = "from new_tx: a hyperparameter it was built with"
-      why = "new_tx's own hyperparameter applies"
+      reasons[leaf.where] = "a hyperparameter: new_tx's own"
+      why = "a hyperparameter: new_tx's own applies"
     elif leaf.param and any(rx.search(leaf.sub) for rx in patterns):
       reasons[leaf.where] = why = "reset"
     elif src is None:
@@ -803,22 +851,19 @@ def migrate_state(
       not_carried.setdefault(id(src), why)
   carried_ids = {id(src) for src in carried_from.values()}
 
+  values = []  # what goes in each place of the new state, in order
   seen: set[int] = set()
-
-  def put(leaf: _Leaf) -> Any:
-    i = put.index  # pyright: ignore[reportFunctionMemberAccess]
-    put.index += 1  # pyright: ignore[reportFunctionMemberAccess]
+  for i, leaf in enumerate(new):
     src = carried_from.get(i)
     if src is None:
-      return leaf.value
-    value = src.value
-    if id(src) in seen:  # one buffer in two places could not be donated
-      value = jnp.array(value, copy=True)
-    seen.add(id(src))
-    return value
-
-  put.index = 0  # pyright: ignore[reportFunctionMemberAccess]
-  new_state, _ = _walk(fresh, params, put)
+      values.append(leaf.value)
+    elif id(src) in seen:  # one buffer in two places could not be donated
+      values.append(jnp.array(src.value, copy=True))
+    else:
+      seen.add(id(src))
+      values.append(src.value)
+  it = iter(values)
+  new_state, _ = _walk(fresh, params, lambda _: next(it))
 
   rows: list[_Row] = []
   for i, leaf in enumerate(new):
@@ -850,9 +895,3 @@ def _field_path(leaf: _Leaf) -> str:
   if not leaf.sub:
     return leaf.where
   return leaf.where[: -len(leaf.sub) - 1]
-
-
-def declared() -> Iterable[tuple[type, list[tuple[type, dict[str, str]]]]]:
-  """What :func:`migrates_from` declared: ``(class, [(old class, {new field:
-  old field})])``."""
-  return list(_CONTINUES.items())

@@ -55,7 +55,7 @@ def params0():
   return {
     "embed": {"embedding": a(3, 2)},
     "layers": {"0": {"kernel": a(2, 2)}, "1": {"kernel": a(2, 2)}},
-    "head": {"kernel": a(2,), "bias": a()},
+    "head": {"kernel": a(2), "bias": a()},
   }
 
 
