@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from _deps import need
 
 import optaxtra
 from optaxtra import masks
@@ -19,8 +22,8 @@ PARAMS = {
 PATHS = masks.paths(PARAMS)
 
 
-def _rows(tx, params=PARAMS):
-  d = optaxtra.describe(tx, params)
+def _rows(tx, params=PARAMS, **kwargs):
+  d = optaxtra.describe(tx, params, **kwargs)
   assert [r["path"] for r in d.rows] == masks.paths(params)
   return {r["path"]: r for r in d.rows}
 
@@ -144,9 +147,8 @@ def test_the_table_and_the_refusals():
     "shape",
     "dtype",
     "trainable",
+    "lr",
     "decay",
-    "lr_mult",
-    "group",
     "state_bytes",
   ]
   assert len(lines) == 2 + len(PATHS)
@@ -157,3 +159,111 @@ def test_the_table_and_the_refusals():
     optaxtra.describe(optax.contrib.reduce_on_plateau(), PARAMS)
   with pytest.raises(ValueError, match="no leaves"):
     optaxtra.describe(optax.adam(1e-3), {})
+
+
+# --- learning rates and decay rates per leaf, at a step ---------------------------
+
+SMALL = {
+  "layer_0": {"w": jnp.zeros(2)},
+  "layer_1": {"w": jnp.zeros(2)},
+  "head": jnp.zeros(2),
+}
+
+
+def test_a_misplaced_layer_stage_shows_in_the_decay_rate():
+  sched = optax.linear_schedule(1e-2, 0.0, 100)
+  lr_at_50 = 5e-3
+  blocks = (
+    optaxtra.scale_by_adamax_clipped(),
+    optaxtra.scale_by_learning_rate(sched),
+  )
+  decay = optaxtra.add_decayed_weights_decoupled(0.1, schedule=sched)
+  layers = optaxtra.layerwise_lr_decay(0.5, 2)  # layer_0: 0.25, layer_1: 0.5
+  after = _rows(optax.chain(*blocks, decay, layers), SMALL, step=50)
+  before = _rows(optax.chain(*blocks, layers, decay), SMALL, step=50)
+  mult = {"layer_0/w": 0.25, "layer_1/w": 0.5, "head": 1.0}
+  for p, m in mult.items():
+    # The learning rate at step 50, every multiplier included, either way.
+    assert after[p]["learning_rate"] == pytest.approx(lr_at_50 * m, rel=1e-6)
+    assert before[p]["learning_rate"] == after[p]["learning_rate"]
+    # Placed after the decay stage, the multipliers scale the decay too.
+    assert after[p]["decay_rate"] == pytest.approx(0.1 * lr_at_50 * m, rel=1e-6)
+    assert before[p]["decay_rate"] == pytest.approx(0.1 * lr_at_50, rel=1e-6)
+
+
+def test_values_by_path_betas_and_a_coupled_decay():
+  lr = optaxtra.by_path({"^head": 1e-2, "w$": 5e-3}, default=1e-3)  # head first
+  wd = optaxtra.by_path({"^layer_0/": 0.0}, default=0.1)
+  rows = _rows(
+    optax.chain(
+      optaxtra.scale_by_learning_rate(lr),
+      optaxtra.add_decayed_weights_decoupled(wd, schedule=None),
+    ),
+    {**SMALL, "head": {"w": jnp.zeros(2)}},
+  )
+  assert _col(rows, "learning_rate") == pytest.approx(
+    {"head/w": 1e-2, "layer_0/w": 5e-3, "layer_1/w": 5e-3}
+  )
+  assert _col(rows, "decay_rate") == pytest.approx(
+    {"head/w": 0.1, "layer_0/w": 0.0, "layer_1/w": 0.1}
+  )
+  assert not rows["layer_0/w"]["weight_decay"]
+  # inject_hyperparams' learning rate and betas; a decay in Adam's gradient
+  # has no share per step (NaN), optax.sgd's has lr * wd.
+  sched = optax.linear_schedule(0.2, 0.0, 10)  # 0.1 at step 5: its own count set
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=sched, b1=0.8)
+  row = _rows(optax.chain(optax.add_decayed_weights(1e-2), tx), SMALL, step=5)["head"]
+  assert (row["learning_rate"], row["b1"], row["b2"]) == pytest.approx(
+    (0.1, 0.8, 0.999)
+  )
+  assert row["weight_decay"] and math.isnan(row["decay_rate"])
+  row = _rows(optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1)), SMALL)
+  assert row["head"]["decay_rate"] == pytest.approx(1e-3)
+  assert row["head"]["learning_rate"] is None  # Optax's own stage records none
+  assert "b1" not in row["head"]
+
+
+def test_step_wrappers_and_what_the_average_reads():
+  inner = optaxtra.scale_by_learning_rate(optax.linear_schedule(1e-2, 0.0, 10))
+  d = optaxtra.describe(optax.MultiSteps(inner, every_k_schedule=3), SMALL, step=5)
+  assert d.step == 5 and "every 3 calls" in str(d)
+  assert d.rows[0]["learning_rate"] == pytest.approx(5e-3)  # the inner update's
+  assert optaxtra.describe(inner, SMALL).rows[0]["learning_rate"] == pytest.approx(1e-2)
+  d = optaxtra.describe(optaxtra.skip_bad_steps(inner), SMALL)
+  assert "skip_bad_steps" in str(d) and all(r["trainable"] for r in d.rows)
+  tx = optax.chain(
+    inner, optaxtra.average_params(0.99, mask=masks.path_mask(include=["^layer"]))
+  )
+  assert _col(_rows(tx, SMALL), "averaged") == {
+    "head": False,
+    "layer_0/w": True,
+    "layer_1/w": True,
+  }
+  with pytest.raises(TypeError, match=r"step must be an int"):
+    optaxtra.describe(inner, SMALL, step=1.0)
+
+
+def test_the_findings_on_trees_and_arguments():
+  # A single array: its moments are its state.
+  (row,) = optaxtra.describe(optax.adam(1e-3), jnp.zeros((3, 4))).rows
+  assert row["path"] == "" and row["state_bytes"] == 2 * 12 * 4
+  # A parameter named count is not charged the optimizer's count.
+  rows = _rows(optax.adam(1e-3), {"count": jnp.zeros(()), "w": jnp.zeros(3)})
+  assert rows["count"]["state_bytes"] == 2 * 4
+  # The factory, not a transformation.
+  with pytest.raises(TypeError, match=r"function optax.adam.*optax.adam\(1e-3\)"):
+    optaxtra.describe(optax.adam, SMALL)  # pyright: ignore[reportArgumentType]
+
+
+@pytest.mark.heavy
+def test_flax_paths_are_the_masks_paths():
+  nnx = need("flax.nnx")
+  state = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+  rows = _rows(optax.adam(1e-3), state)
+  assert set(rows) == {"bias", "kernel"}
+  assert rows["kernel"]["state_bytes"] == 2 * 6 * 4
+  # linen's partitioning boxes are looked through too.
+  linen = need("flax.linen")
+  boxed = {"dense": {"kernel": linen.Partitioned(jnp.zeros((2, 3)), names=("a", "b"))}}
+  rows = _rows(optax.adam(1e-3), boxed)
+  assert set(rows) == {"dense/kernel"} and rows["dense/kernel"]["shape"] == (2, 3)

@@ -103,8 +103,8 @@ def test_inject_adam_reports_schedule_and_alpha_t_each_step(dtype, request):
   for t, (g, info, got) in enumerate(zip(grads, infos, seen, strict=True), start=1):
     lr = _warmup_cosine_np(t - 1)  # the t-th update uses the schedule at t - 1
     alpha_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
-    assert int(info["count"]) == t
-    assert int(info["inner_state/0/count"]) == t
+    assert int(info["count"]) == t  # inject's and Adam's count: one count
+    assert "inner_state/0/count" not in info
     np.testing.assert_allclose(info["learning_rate"], lr, rtol=rtol, atol=1e-12)
     np.testing.assert_allclose(info["effective_learning_rate"], alpha_t, rtol=rtol)
     np.testing.assert_allclose(
@@ -135,7 +135,6 @@ def test_inject_adam_keys_are_documented_and_eager_equals_jit():
     "effective_learning_rate",
     "eps",
     "eps_root",
-    "inner_state/0/count",
     "learning_rate",
   ]
   for e, j in zip(eager, jitted, strict=True):
@@ -287,14 +286,9 @@ def test_partition_prefixes_every_duplicate_and_pairs_within_groups():
   assert float(state.inner_states["clip"].inner_state.learning_rate) == pytest.approx(
     0.2
   )
-  # count: the outermost one (the adam group's inject count, 4 keys deep).
+  # count: every group's stages advance at every update, and agree: one count.
   assert int(info["count"]) == 2
-  counts = sorted(k for k in info if k.endswith("count"))
-  assert counts == [
-    "count",
-    "inner_states/adam/inner_state/inner_state/0/count",
-    "inner_states/clip/inner_state/count",  # the optimizer's one count
-  ]
+  assert sorted(k for k in info if k.endswith("count")) == ["count"]
 
 
 def test_hyperparameter_and_stage_both_named_learning_rate():
@@ -388,7 +382,7 @@ def test_states_with_nothing_or_only_counts():
   info = optaxtra.inspect(optax.adam(1e-3).init(params))
   assert sorted(info) == ["count"]  # Optax's lr stage records no learning rate
   info = optaxtra.inspect(optax.adam(optax.linear_schedule(1.0, 0.0, 5)).init(params))
-  assert sorted(info) == ["1/count", "count"]
+  assert sorted(info) == ["count"]  # Adam's and the schedule's, which agree
 
 
 def test_params_shaped_namedtuples_are_not_read():
@@ -477,7 +471,7 @@ _NT_A = _NTParams("a", "a")  # partition labels: one group
     (lambda: _USER, _VEC, ["count"]),
     (lambda: optax.masked(_USER, _NTParams(True, True)), _VEC, ["count"]),
     (lambda: optax.masked(_USER, _NTParams(False, True)), _VEC, ["count"]),
-    (lambda: optax.chain(_USER, optax.adam(0.1)), _VEC, ["1/0/count", "count"]),
+    (lambda: optax.chain(_USER, optax.adam(0.1)), _VEC, ["count"]),
     (lambda: _LR_TREE, _VEC, ["count"]),
     (lambda: _LR_TREE, {"w": jnp.ones(())}, ["count"]),  # a one-leaf tree
     (lambda: _TREE_COUNT, _VEC, []),
@@ -497,17 +491,15 @@ def test_params_shaped_fields_are_not_values(make, params, keys, jit):
   assert all(np.shape(v) == () for v in info.values())
 
 
-# What inspect reported for Optax's and optaxtra's own states before the rule
-# above, and still reports: nothing is dropped.
+# What inspect reports for Optax's and optaxtra's own states besides the rule
+# above: nothing is dropped, and the counts of stages that advance together
+# (which agree) are one count.
 _INNER = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
 _HYPER = ["b1", "b2", "bias_correction", "count", "effective_learning_rate"]
 _HYPER += ["eps", "eps_root", "learning_rate"]
-_INJECT = [*_HYPER, "inner_state/0/count"]
-_IN_MASK = [*_HYPER, "inner_state/inner_state/0/count"]
-_IN_GROUP = [*_HYPER, "inner_states/a/inner_state/inner_state/0/count"]
-_IN_STEPS = [*_HYPER, "gradient_step", "inner_opt_state/inner_state/0/count"]
-_IN_STEPS += ["mini_step"]
-_IN_FINITE = [*_IN_MASK, "last_finite", "notfinite_count", "total_notfinite"]
+_INJECT = _IN_MASK = _IN_GROUP = _HYPER
+_IN_STEPS = [*_HYPER, "gradient_step", "mini_step"]
+_IN_FINITE = [*_HYPER, "last_finite", "notfinite_count", "total_notfinite"]
 _LINEAR = optax.linear_schedule(1.0, 0.0, 5)
 _ALL_A = {k: "a" for k in SHAPES}  # partition labels: one group
 
@@ -515,7 +507,7 @@ _ALL_A = {k: "a" for k in SHAPES}  # partition labels: one group
 @pytest.mark.parametrize(
   "make, keys",
   [
-    (lambda: optax.adamw(_LINEAR), ["2/count", "count"]),
+    (lambda: optax.adamw(_LINEAR), ["count"]),
     (lambda: _tracked_adamax_clipped(0.1, weight_decay=0.2), ALIAS_KEYS),
     (lambda: _INNER, _INJECT),
     (lambda: optax.masked(_INNER, {"w": True, "s": False}), _IN_MASK),
@@ -781,7 +773,6 @@ def test_a_declared_user_state_reports_its_values_and_derived_ones(jit):
     _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
   info = (jax.jit(optaxtra.inspect) if jit else optaxtra.inspect)(state)
   assert sorted(info) == [
-    "1/count",
     "count",
     "gain",
     "gain_per_step",
@@ -854,3 +845,146 @@ def test_check_transformation_checks_what_a_state_declares():
   tx = optax.GradientTransformation(init2, update2)
   with pytest.raises(AssertionError, match=r"derive returned 'half'"):
     optaxtra.testing.check_transformation(tx, {"w": jnp.ones(2)})
+
+
+# --- one count, the building blocks read as the alias, values by path -----------
+
+
+def _blocks_and_alias(bias_correction):
+  sched = optax.linear_schedule(1e-2, 1e-3, 10)
+  chain = optax.chain(
+    optaxtra.scale_by_adamax_clipped(bias_correction=bias_correction),
+    optaxtra.scale_by_learning_rate(sched),
+    optaxtra.add_decayed_weights_decoupled(0.05, schedule=sched),
+  )
+  alias = optaxtra.adamax_clipped(
+    sched, weight_decay=0.05, bias_correction=bias_correction
+  )
+  return chain, alias
+
+
+@pytest.mark.parametrize("bias_correction", [False, True], ids=["plain", "corrected"])
+def test_the_chain_of_building_blocks_reads_as_the_alias(bias_correction):
+  params = {"w": jnp.array([1.0, -2.0]), "s": jnp.array(0.5)}
+  chain, alias = _blocks_and_alias(bias_correction)
+  states = [chain.init(params), alias.init(params)]
+  for k in range(3):
+    if k:  # before the first update, then after each of two
+      g = jax.tree.map(lambda p, k=k: k * p, params)
+      pairs = zip((chain, alias), states, strict=True)
+      states = [tx.update(g, s, params)[1] for tx, s in pairs]
+    got, want = (optaxtra.inspect(s) for s in states)
+    assert sorted(got) == sorted(want)  # key for key: one count, no 1/count
+    for key in want:  # value for value: the same kernels, to the bit
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert sorted(jax.jit(optaxtra.inspect)(states[0])) == sorted(want)
+  assert ("bias_correction" in want) == bias_correction  # none while it is off
+  assert {"count", "weight_decay", "decay_rate", "effective_learning_rate"} <= set(got)
+  np.testing.assert_allclose(got["weight_decay"], 0.05)  # the coefficient
+  np.testing.assert_allclose(got["decay_rate"], 0.05 * got["learning_rate"])
+  assert int(got["count"]) == 2
+
+
+def _chain_with_a_skipping_wrapper():
+  """record_norm outside optax.apply_if_finite: its count goes on when the
+  wrapped stages skip a step."""
+  inner = optax.chain(optaxtra.scale_by_adam(), optaxtra.scale_by_learning_rate(0.1))
+  return optax.chain(
+    optax.apply_if_finite(inner, max_consecutive_errors=3), optaxtra.record_norm()
+  )
+
+
+def test_counts_that_advance_apart_keep_their_paths():
+  tx = _chain_with_a_skipping_wrapper()
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for g in (jnp.ones(2), jnp.array([1.0, jnp.nan])):
+    _, state = step({"w": g}, state, params)
+  for info in (optaxtra.inspect(state), jax.jit(optaxtra.inspect)(state)):
+    # The outermost count (record_norm's) is "count"; the wrapped chain's two
+    # counts advance together and are reported once, under the wrapper's field.
+    counts = sorted(k for k in info if k.endswith("count"))
+    assert counts == ["0/inner_state/count", "count", "notfinite_count"]
+    assert int(info["count"]) == 2 and int(info["0/inner_state/count"]) == 1
+
+
+def test_counts_that_disagree_are_never_merged():
+  tx = optax.chain(optaxtra.scale_by_adam(), optaxtra.scale_by_learning_rate(0.1))
+  state = tx.init({"w": jnp.ones(2)})
+  # As a state carried from another run with one stage new can be.
+  state = (state[0]._replace(count=jnp.int32(7)), state[1])
+  info = optaxtra.inspect(state)  # concrete: each under its path
+  assert int(info["count"]) == 7 and int(info["1/count"]) == 0
+  traced = jax.jit(optaxtra.inspect)(state)  # traced: one count, and it says so
+  assert "1/count" not in traced
+  assert int(traced["count"]) == optaxtra._introspect.inspect.DISAGREE == -1
+  agreeing = (state[0], state[1]._replace(count=jnp.int32(7)))
+  assert int(jax.jit(optaxtra.inspect)(agreeing)["count"]) == 7
+
+
+@optaxtra.inspectable(values=["count", "learning_rate", "bias_correction"])
+class _ByRuleState(NamedTuple):
+  count: jax.Array
+  learning_rate: Any  # {"[<pattern>]": value, "[default]": value}
+  bias_correction: Any
+
+
+@optaxtra.inspectable(values=["count"], counts_apart=["count"])
+class _CycleState(NamedTuple):
+  count: jax.Array  # counts something else than updates
+
+
+def test_values_by_path_are_one_key_per_rule_under_jit():
+  lr = {"[^head/]": jnp.float32(0.1), "[default]": jnp.float32(0.01)}
+  state = (_ByRuleState(jnp.int32(3), lr, jnp.float32(2.0)), _CycleState(jnp.int32(1)))
+
+  def keys_and_values(state):
+    return optaxtra.inspect(state)
+
+  info = jax.jit(keys_and_values)(state)
+  assert sorted(info) == [
+    "1/count",  # counts_apart: never merged into the optimizer's count
+    "bias_correction",
+    "count",
+    "effective_learning_rate[^head/]",
+    "effective_learning_rate[default]",
+    "learning_rate[^head/]",
+    "learning_rate[default]",
+  ]
+  np.testing.assert_allclose(info["learning_rate[^head/]"], 0.1)
+  np.testing.assert_allclose(info["effective_learning_rate[default]"], 0.02)
+  # A correction that is off (None) is no key, and leaves the rates as they are.
+  off = optaxtra.inspect(_ByRuleState(jnp.int32(3), lr, None))
+  assert "bias_correction" not in off
+  assert off["effective_learning_rate[^head/]"] is off["learning_rate[^head/]"]
+  # Built by optaxtra's own stage: the same keys.
+  tx = optax.chain(
+    optaxtra.scale_by_adam(),
+    optaxtra.scale_by_learning_rate(optaxtra.by_path({"^head/": 1e-2}, default=1e-3)),
+  )
+  params = {"head": {"w": jnp.ones(2)}, "body": {"w": jnp.ones(2)}}
+  state = tx.init(params)
+  _, state = jax.jit(tx.update)(params, state, params)
+  info = jax.jit(optaxtra.inspect)(state)
+  np.testing.assert_allclose(info["learning_rate[^head/]"], 1e-2)
+  np.testing.assert_allclose(info["learning_rate[default]"], 1e-3)
+  assert "effective_learning_rate[^head/]" in info and "learning_rate" not in info
+
+
+def test_a_derive_that_returns_no_mapping_is_named():
+  @optaxtra.inspectable(values=["count"], derive=lambda s: [s.count])
+  class ListDerive(NamedTuple):
+    count: jax.Array
+
+  with pytest.raises(TypeError, match=r"derive function .* declared for .*ListDerive"):
+    optaxtra.inspect(ListDerive(jnp.int32(0)))
+
+  @optaxtra.inspectable(values=["count"], derive=lambda s: {"x": "text"})
+  class TextDerive(NamedTuple):
+    count: jax.Array
+
+  with pytest.raises(TypeError, match=r"TextDerive.* returned 'x': str"):
+    optaxtra.inspect(TextDerive(jnp.int32(0)))
+  with pytest.raises(ValueError, match=r"has no field 'inner' \(in counts_apart\)"):
+    optaxtra.inspectable(counts_apart=["inner"])(TextDerive)

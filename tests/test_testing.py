@@ -449,3 +449,35 @@ def test_bad_arguments():
     check_transformation(optax.sgd(0.1), p, zero_grad_rtol=-1.0)
   with pytest.raises(TypeError, match="check_grad_dependence"):
     check_transformation(optax.sgd(0.1), p, check_grad_dependence="yes")
+
+
+def test_values_by_path_pass_and_two_classes_of_one_name_are_told_apart():
+  # A learning rate by path keeps a dict by rule in its state: a declared value.
+  lr = optaxtra.by_path({"^w$": 0.1}, default=0.01)
+  assert check_transformation(optaxtra.scale_by_learning_rate(lr), _params()) is None
+  # record_norm's states are one class per name, all called RecordNormState.
+  grads, norm = _params(), optaxtra.record_norm("update_norm")
+  with pytest.raises(TypeError, match=r"RecordNormState\['update_norm'\], got another"):
+    norm.update(grads, optaxtra.record_norm("grad_norm").init(grads))
+
+
+def test_a_count_that_does_not_advance_is_named():
+  @optaxtra.inspectable(values=["count"])
+  class Stuck(NamedTuple):
+    count: jax.Array
+
+  def init(params):
+    del params
+    return Stuck(jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    return updates, state  # forgets to count the update
+
+  tx = optax.chain(
+    optax.GradientTransformation(init, update), optaxtra.scale_by_learning_rate(0.1)
+  )
+  with pytest.raises(
+    AssertionError, match=r"counts in the state .* disagree.*counts_apart"
+  ):
+    check_transformation(tx, _params())

@@ -46,6 +46,7 @@ class _Record:
   label: str = ""  # "[<pattern>]" for one rule of a value by path
   clock: tuple[str, ...] = ()
   apart: bool = False  # a count field declared in counts_apart itself
+  field: tuple[str, ...] = ()  # the path of the field holding it
 
   @property
   def name(self) -> str:
@@ -92,6 +93,7 @@ def _label(key: Any) -> str | None:
 def _values(
   child: Any,
   path: tuple[str, ...],
+  key: str,
   name: str,
   boxes: tuple[type, ...],
   *,
@@ -103,23 +105,24 @@ def _values(
   """The records of one value field: a number, a dict of numbers (a value by
   path: one record per rule), or, for a declared ``bias_correction`` that is
   None, a hidden factor of 1."""
-  src = (*path, name)
+  src, field = (*path, name), (*path, key)
   if child is None:
     if declared and role == "bc":
-      return [_Record(src, None, role, source=src, clock=clock)]
+      return [_Record(src, None, role, source=src, clock=clock, field=field)]
     return []
   if declared and isinstance(child, Mapping):
     out = []
-    for key, v in child.items():
-      label, value = _label(key), _number(v, boxes, any_shape=True)
+    for k, v in child.items():
+      label, value = _label(k), _number(v, boxes, any_shape=True)
       if label is None or value is None:
         return []  # not a value by path (optaxtra.testing says so)
-      out.append(_Record((*path, name + label), value, role, source=src, label=label))
+      where = (*path, name + label)
+      out.append(_Record(where, value, role, source=src, label=label, field=field))
     return out
   value = _number(child, boxes, any_shape=declared)
   if value is None:
     return []
-  return [_Record(src, value, role, source=src, clock=clock, apart=apart)]
+  return [_Record(src, value, role, source=src, clock=clock, apart=apart, field=field)]
 
 
 def _children(node: Any) -> list[tuple[str, bool, Any]]:
@@ -170,7 +173,8 @@ def _walk_inject(
   records: list[_Record] = []
   count = _number(node.count, boxes, any_shape=True)
   if count is not None:
-    records.append(_Record((*path, _COUNT), count, clock=clock))
+    where = (*path, _COUNT)
+    records.append(_Record(where, count, clock=clock, field=where))
   hyper = {}
   for key in sorted(node.hyperparams, key=str):
     value = _number(node.hyperparams[key], boxes, any_shape=True)
@@ -179,6 +183,10 @@ def _walk_inject(
     hyper[key] = value
     where = (*path, "hyperparams", str(key))
     records.append(_Record(where, value, _ROLES.get(key), source=where, clock=clock))
+  # The schedules' own states (optax >= 0.2.5): counts that advance with it.
+  schedules = getattr(node, "hyperparams_states", None)
+  if schedules is not None:
+    records += _walk(schedules, (*path, "hyperparams_states"), boxes, clock)
   records += _walk(node.inner_state, (*path, "inner_state"), boxes, clock)
   adams = [r for r in records if r.role == "adam" and not r.used]
   if len(adams) == 1 and "b1" in hyper and "b2" in hyper:
@@ -207,9 +215,7 @@ def _derived(
   for n, v in derived.items():
     if v is None:
       continue
-    found = _values(
-      v, path, str(n), boxes, declared=True, clock=(), role=None
-    )
+    found = _values(v, path, str(n), str(n), boxes, declared=True, clock=(), role=None)
     if not found:
       raise TypeError(
         f"inspect: the derive function {name_of} declared for {cls} (with "
@@ -248,6 +254,7 @@ def _walk(
       found = _values(
         child,
         path,
+        key,
         name,
         boxes,
         declared=decl is not None,
@@ -267,7 +274,9 @@ def _walk(
     records += derived
   if isinstance(node, _optax_states.ADAM_COUNT):
     records += [
-      _Record(r.path, r.value, "adam", clock=r.clock) for r in own if r.name == _COUNT
+      _Record(r.path, r.value, "adam", clock=r.clock, field=r.field)
+      for r in own
+      if r.name == _COUNT
     ]
   _pair(records, path)
   return records
@@ -374,8 +383,8 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
     Adam's ``alpha_t = lr * sqrt(1 - b2**t) / (1 - b1**t)`` (Kingma & Ba,
     Section 2), in the hyperparameters' precision.
   ``count``
-    The number of updates done, from the outermost state that keeps a count
-    (see Names).
+    The number of updates done: the one count of the stages that advance
+    together (see Counts).
   the other hyperparameters
     Every numeric hyperparameter of ``inject_hyperparams``, under its own name
     (``b1``, ``b2``, ``eps``, ...), with the meaning the wrapped factory gives it.
@@ -400,16 +409,46 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
   instead, its keys joined with ``/`` (``inner_states/adam/1/learning_rate``
   for ``state.inner_states["adam"][1].learning_rate``,
   ``hyperparams/learning_rate`` for ``state.hyperparams["learning_rate"]``);
-  nothing is dropped and no occurrence is picked over another. The one
-  exception is ``count``, which every stage keeps: the outermost (shortest
-  path; the first in the tree's order among equals, e.g. a chain's first
-  stage) is reported as ``count``, every other one under its path
-  (``1/count``, ``inner_state/0/count``, ...). A derived value is keyed by the
-  path of the state it was derived at: ``bias_correction`` at the Adam state,
-  ``effective_learning_rate`` at the innermost state (a chain, a partition's
-  group, an ``inject_hyperparams`` state) holding exactly one unpaired
-  learning rate and one unpaired bias correction. Where that state holds
-  several of either, no product is formed: it would be a guess.
+  nothing is dropped and no occurrence is picked over another. A derived
+  value is keyed by the path of the state it was derived at:
+  ``bias_correction`` at the Adam state, ``effective_learning_rate`` at the
+  innermost state (a chain, a partition's group, an ``inject_hyperparams``
+  state) holding exactly one unpaired learning rate and one unpaired bias
+  correction. Where that state holds several of either, no product is
+  formed: it would be a guess. A stage whose bias correction is off (its
+  ``bias_correction`` is None) reports none, and a learning rate it meets
+  gives ``effective_learning_rate`` equal to the learning rate, as the ready-made
+  optimizer of the same stages reports it.
+
+  Counts: every stage keeps a count, and the stages of one optimizer advance
+  together: each update increments every one of them (chains, ``masked``,
+  ``partition`` groups, ``inject_hyperparams`` and the states they hold).
+  Their counts are one number, reported once as ``count``. Which counts
+  advance together is decided by the state's structure, never by comparing
+  values (a traced value cannot be compared when ``inspect`` is traced, and a
+  key that came and went with the values would break a log): a wrapper that
+  skips or accumulates updates (:class:`optax.MultiSteps`,
+  :func:`optax.apply_if_finite`, ``optax.transforms.conditionally_*``,
+  :func:`optaxtra.skip_bad_steps`) keeps its inner stages' counts apart from
+  the stages outside it, and a field named ``count`` that counts something
+  else (``optax.apply_every``'s cycle, ``optax.contrib.reduce_on_plateau``'s
+  values) is apart on its own (:func:`optaxtra.inspectable`'s
+  ``counts_apart`` declares it). The counts apart from the outermost count's
+  are reported once per wrapper, under the wrapper's field
+  (``0/inner_state/count``), or under their own path when alone. Counts that
+  should agree but do not (a state carried from another run with a stage
+  added, whose count starts at 0) are never merged into one silently: outside
+  ``jax.jit`` each is then reported under its path (the outermost as
+  ``count``); under ``jax.jit``, where their values are not known when the
+  keys are chosen, the one ``count`` is ``-1`` (:data:`DISAGREE`, never a
+  count): call ``inspect`` outside ``jit`` on that state to see each.
+
+  Values by path: a hyperparameter given by :func:`optaxtra.by_path` is
+  recorded by its stage as a dict by rule and reported as one value per
+  rule, keyed ``<name>[<pattern>]`` and ``<name>[default]``, e.g.
+  ``inspect(state)["learning_rate[^head/]"]``; ``effective_learning_rate``
+  is formed rule by rule. The keys are fixed by the rules, so they work
+  under ``jax.jit`` and as TensorBoard tags.
 
   Limits: only what the state stores can be read. Optax's own learning-rate
   stage keeps no learning rate (``optax.adam(1e-3)``'s state is a count and
@@ -475,7 +514,7 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
     Array(0.000232..., dtype=float32)
     >>> sorted(info)
     ['b1', 'b2', 'bias_correction', 'count', 'effective_learning_rate',
-     'eps', 'eps_root', 'inner_state/0/count', 'learning_rate']
+     'eps', 'eps_root', 'learning_rate']
 
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization

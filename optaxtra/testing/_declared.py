@@ -58,13 +58,23 @@ def _is_scalar(x: Any) -> bool:
   )
 
 
+def _is_by_path(x: Any) -> bool:
+  """A value by path: a non-empty dict from rule labels (``"[<pattern>]"``,
+  ``"[default]"``) to numeric scalars."""
+  return (
+    isinstance(x, Mapping)
+    and bool(x)
+    and all(isinstance(k, str) and _is_scalar(v) for k, v in x.items())
+  )
+
+
 def _check_state(state: Any, when: str) -> None:
   for where, node, decl in declared_states(state):
     cls = type(node).__name__
     at = f"the {cls} at {quote(where)}" if where else f"the {cls}"
     for field, name in decl.values:
       value = getattr(node, field)
-      if value is not None and not _is_scalar(value):
+      if value is not None and not _is_scalar(value) and not _is_by_path(value):
         if aval(value) is not None:
           what = describe(aval(value))
         else:
@@ -76,8 +86,9 @@ def _check_state(state: Any, when: str) -> None:
         fail(
           f"{at} in the state {when} declares {field!r} a value (reported as "
           f"{name!r} by optaxtra.inspect), but it holds {what}. A declared value "
-          "is a numeric scalar (shape ()) or None; declare a field shaped like "
-          "the params in trees=[...] instead."
+          "is a numeric scalar (shape ()), a dict of them keyed by rule (a value "
+          "by path: '[<pattern>]', '[default]'), or None; declare a field shaped "
+          "like the params in trees=[...] instead."
         )
     if decl.derive is None:
       continue
@@ -91,11 +102,13 @@ def _check_state(state: Any, when: str) -> None:
         f"{type(derived).__name__}, not a mapping from names to values."
       )
     for name, value in derived.items():
-      if not isinstance(name, str) or (value is not None and not _is_scalar(value)):
+      if not isinstance(name, str) or (
+        value is not None and not _is_scalar(value) and not _is_by_path(value)
+      ):
         fail(
           f"{at} in the state {when}: its declared derive returned {name!r}: "
-          f"{describe(aval(value))}; it must map names (str) to numeric scalars "
-          "or None."
+          f"{describe(aval(value))}; it must map names (str) to numeric scalars, "
+          "dicts of them keyed by rule, or None."
         )
 
 
@@ -121,6 +134,20 @@ def probe_declared_values(ctx: Context) -> None:
       jitted = jax.jit(_inspect.inspect)(state)
     except (TypeError, ValueError) as e:
       fail(f"optaxtra.inspect cannot read the state {when}: {e}")
+    counts = {k: int(v) for k, v in eager.items() if k.split("/")[-1] == "count"}
+    if (
+      "count" in jitted
+      and len(counts) > 1
+      and (jnp.ndim(jitted["count"]) == 0 and int(jitted["count"]) == _inspect.DISAGREE)
+    ):
+      fail(
+        f"the counts in the state {when} disagree: {counts}. optaxtra.inspect "
+        "reports the counts of stages that advance together as one count, so "
+        "every stage's count must be the number of updates done (incremented "
+        "by each update, optax.safe_increment); a count of something else, or "
+        "the state of a wrapped transformation that some updates skip, is "
+        "declared with optaxtra.inspectable(..., counts_apart=[field])."
+      )
     if sorted(eager) != sorted(jitted):
       fail(
         f"optaxtra.inspect reads the state {when} with the names "
