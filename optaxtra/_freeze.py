@@ -12,7 +12,7 @@ import optax
 from optaxtra._core.masking import resolve_mask
 from optaxtra._core.paths import paths, show
 from optaxtra._core.patterns import Patterns
-from optaxtra.masks._mask import path_mask
+from optaxtra.masks import path_mask
 
 _FROZEN = "frozen"
 _TRAINABLE = "trainable"
@@ -43,6 +43,11 @@ def with_frozen(
   that zeroes the masked updates while the transformations around it still see
   (and keep state for) every parameter: ``with_frozen`` wraps ``inner``, which
   sees only the parameters that train.
+
+  ``inner`` is given the params with the frozen ones replaced by
+  :class:`optax.MaskedNode`, which keep their paths: stages inside that choose
+  by path (:func:`optaxtra.scale_by_path`, :func:`optaxtra.layerwise_lr_decay`)
+  check their patterns and number the layers against the whole model.
 
   Unlike :func:`optax.selective_transform`, whose ``freeze_mask`` must be a
   tree of bools (a function given there counts as a single ``True`` and

@@ -25,7 +25,7 @@ from optaxtra._core import hyper
 from optaxtra._core.dtypes import compute_dtype
 from optaxtra._core.dtypes import zeros_like as _zeros_like
 from optaxtra._core.numerics import safe_increment
-from optaxtra._core.paths import Entry, quote, rebuild, show, walk
+from optaxtra._core.paths import Entry, rebuild, show, walk
 from optaxtra._core.patterns import _compile_one
 from optaxtra._introspect.declare import inspectable
 
@@ -83,29 +83,25 @@ def _stage(fn: str, assign: Assign) -> optax.GradientTransformation:
       cache[key] = hypers
     return entries, treedef, hypers
 
-  def values(entries, hypers, count):
-    """Each seen leaf's multiplier (checked) and the float32 record of them."""
-    distinct: dict[int, int] = {}
-    order: list[hyper.Hyper] = []
-    where: list[int] = []
-    for e, h in zip(entries, hypers, strict=True):
-      if e.masked or h is None:
-        continue
-      if id(h) not in distinct:
-        distinct[id(h)] = len(order)
-        order.append(h)
-      where.append(distinct[id(h)])
-    vals = [h(count) for h in order]
+  def values(seen: list[hyper.Hyper], count):
+    """Each seen leaf's multiplier at ``count`` (checked), and their record."""
+    slot: dict[int, int] = {}
+    distinct: list[hyper.Hyper] = []
+    for h in seen:
+      if id(h) not in slot:
+        slot[id(h)] = len(distinct)
+        distinct.append(h)
+    vals = [h(count) for h in distinct]  # each evaluated once
     if not vals:
       return [], jnp.zeros(0, jnp.float32)
+    where = [slot[id(h)] for h in seen]
     table = jnp.stack([v.astype(jnp.float32) for v in vals])
-    record = table[np.asarray(where, np.int32)]
-    return [vals[i] for i in where], record
+    return [vals[i] for i in where], table[np.asarray(where, np.int32)]
 
   def init_fn(params):
     entries, _, hypers = resolve(params)
     count = jnp.zeros([], jnp.int32)
-    _, record = values(entries, hypers, count)
+    _, record = values(_seen(entries, hypers), count)
     return ScaleByPathState(count, record)
 
   def update_fn(updates, state, params=None):
@@ -113,25 +109,25 @@ def _stage(fn: str, assign: Assign) -> optax.GradientTransformation:
     _checks.check_state(fn, state, ScaleByPathState)
     _checks.check_float_updates(fn, updates, complex_ok=True)
     entries, treedef, hypers = resolve(updates)
-    seen = [(e, h) for e, h in zip(entries, hypers, strict=True) if not e.masked]
+    seen = _seen(entries, hypers)
     if len(seen) != state.multipliers.shape[0]:
       raise ValueError(
         f"{fn}: the updates have {len(seen)} leaves but init was given params "
         f"with {state.multipliers.shape[0]}. Pass gradients with the params' "
         "structure."
       )
-    vals, record = values(entries, hypers, state.count)
+    vals, record = values(seen, state.count)
+    scaled = iter(zip(seen, vals, strict=True))
     out: list[Any] = []
-    it = iter(zip(seen, vals, strict=True))
     for e in entries:
       if e.masked:
-        out.append(None)
+        out.append(None)  # rebuild keeps the MaskedNode
         continue
-      (_, h), v = next(it)
+      h, v = next(scaled)
       u = e.value
-      if h is not None and h.constant == 0.0:
+      if h.constant == 0.0:
         out.append(_zeros_like(u))  # frozen: exactly 0, even for inf or NaN
-      elif h is not None and h.constant == 1.0:
+      elif h.constant == 1.0:
         out.append(u)
       else:
         dt = compute_dtype(u, v)
@@ -140,6 +136,16 @@ def _stage(fn: str, assign: Assign) -> optax.GradientTransformation:
     return rebuild(entries, treedef, out), new
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _seen(entries: list[Entry], hypers: list[hyper.Hyper | None]) -> list[hyper.Hyper]:
+  """The multipliers of the leaves the stage sees (not masked), in leaf order."""
+  out = []
+  for e, h in zip(entries, hypers, strict=True):
+    if not e.masked:
+      assert h is not None, e.path  # assign gives every seen leaf a multiplier
+      out.append(h)
+  return out
 
 
 # --- scale_by_path ---------------------------------------------------------------
@@ -179,7 +185,7 @@ def _rules(
         )
       pattern, m = item
       rx = _compile_one(fn, "multipliers", pattern)
-      if rx.flags & ~re.UNICODE:
+      if isinstance(pattern, re.Pattern) and rx.flags != re.compile(rx.pattern).flags:
         raise ValueError(
           f"{fn}: the pattern {rx.pattern!r} was compiled with flags, which "
           "paths are not matched with; write them inline, e.g. '(?i)bias'."
@@ -264,7 +270,7 @@ def scale_by_path(
     ...     params)
     Traceback (most recent call last):
     ...
-    ValueError: scale_by_path: multipliers[^encoder/] at step 0 is inf ...
+    ValueError: scale_by_path: multipliers[^encoder/] is inf at step 0; ...
   """
   fn = "scale_by_path"
   hyper.flag(fn, "strict", strict)
@@ -356,7 +362,9 @@ def layerwise_lr_decay(
   ``num_layers`` counts differently: BEiT's ``get_num_layers()`` is the
   number of blocks, as here; MAE's recipe passes ``len(blocks) + 1``; timm
   computes the number of groups it finds (embeddings, blocks, head:
-  ``len(blocks) + 2``). Here ``num_layers`` is always the number of blocks,
+  ``len(blocks) + 2``; without head parameters one fewer, which shifts all
+  its scales by a factor of ``decay``). Here ``num_layers`` is always the
+  number of blocks,
   and it is checked against the paths: it must be the highest layer index
   found plus one, since every multiplier depends on it and a miscount would
   shift them all by a factor of ``decay``. Fewer is refused too (a layer
@@ -380,7 +388,9 @@ def layerwise_lr_decay(
     final norms (big_vision's ``encoder_norm``, GPT-2's ``ln_f``, T5's
     ``final_layer_norm``, ``layer_norm``) take ``default``, as BEiT, MAE and
     the BERT and GPT-2 recipes do; pass ``final_norm=`` a regex naming them
-    to group them with the last block instead, or None to group none.
+    to group them with the last block instead, or None to group none. (timm's
+    own ViT matcher, ``^norm``, also takes a ``norm_pre`` at the root:
+    ``final_norm=r"^norm"`` reproduces that.)
 
   When several of ``layer``, ``final_norm`` and ``embed`` match a path, the
   one that matches nearest the root decides (a relative-position embedding
@@ -393,7 +403,9 @@ def layerwise_lr_decay(
 
   Args:
     decay: the decay per layer, in (0, 1] (1 changes nothing): a number, or
-      a schedule ``count -> decay``.
+      a schedule ``count -> decay``. Through ``optax.inject_hyperparams``
+      (with ``num_layers`` in ``static_args``) it is traced: a value outside
+      (0, 1] then makes the updates it scales NaN rather than raise.
     num_layers: the number of layers (transformer blocks): the highest layer
       index in the paths plus one. A Python or NumPy int.
     layer: a regex whose first group is the layer index.
@@ -556,9 +568,9 @@ def layerwise_lr_decay(
       layer_hypers[i] = multiplier(f"layer {i}", n_layers - i)
     return layer_hypers[i]
 
-  def classify(path: str) -> tuple[str, int | None]:
-    """``("layer", i)``, ``("final_norm", None)``, ``("embed", None)`` or default."""
-    hits: list[tuple[int, str, int | None]] = []
+  def classify(path: str) -> tuple[str, int]:
+    """``("layer", i)``, ``("final_norm", -1)``, ``("embed", -1)`` or default."""
+    hits: list[tuple[int, str, int]] = []
     m = layer_rx.search(path)
     if m is not None:
       try:
@@ -572,9 +584,9 @@ def layerwise_lr_decay(
     for r in others:
       o = r.rx.search(path)
       if o is not None:
-        hits.append((o.start(), r.name, None))
+        hits.append((o.start(), r.name, -1))
     if not hits:
-      return "default", None
+      return "default", -1
     hits.sort(key=lambda h: h[0])
     if len(hits) > 1 and hits[0][0] == hits[1][0]:
       raise ValueError(
@@ -616,7 +628,7 @@ def layerwise_lr_decay(
       if e.masked:
         out.append(None)
       elif k == "layer":
-        out.append(in_layer(i))  # pyright: ignore[reportArgumentType]
+        out.append(in_layer(i))
       elif k == "final_norm":
         out.append(in_layer(n_layers - 1))
       elif k == "embed":
