@@ -95,7 +95,7 @@ def adamw(
     m = b1 * m + (1 - b1) * g          v = b2 * v + (1 - b2) * g**2
     p <- p - lr * wd * p - lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
 
-  the update of :class:`torch.optim.AdamW` and of :func:`optax.adamw` (decay
+  the update of PyTorch's ``torch.optim.AdamW`` and of :func:`optax.adamw` (decay
   on the params before the update, scaled by the learning rate). In float64
   it is that formula to rounding; in float32 it agrees with both to a few
   ulps (they order the same operations differently).
@@ -152,7 +152,7 @@ def adamw(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
 
-    PyTorch, :class:`torch.optim.AdamW`; Optax, :func:`optax.adamw`.
+    PyTorch, ``torch.optim.AdamW``; Optax, :func:`optax.adamw`.
   """
   adam = scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nesterov=nesterov)
   # The building blocks' kernels: the same checks and arithmetic as the chain

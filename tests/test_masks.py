@@ -725,3 +725,175 @@ def test_freeze_takes_a_set_of_patterns(frozen, jit):
   for name, u in leaves_by_path(updates).items():
     frozen_here = re.search("^bert/(embeddings|pooler)/", name)
     np.testing.assert_array_equal(u, 0.0 if frozen_here else -1.0)
+
+
+# ---------------------------------------------------------------------------
+# path_mask(optional=...): patterns that may match nothing, the rest strict
+
+
+def test_optional_patterns_may_match_nothing_the_others_stay_strict():
+  params = linen_like_params()  # has 'LayerNorm', not 'layer_norm'
+  mask = masks.path_mask(exclude=BERT_EXCLUDE, optional=["LayerNorm", "layer_norm"])
+  got = leaves_by_path(mask(params))
+  rule = plain_rule(None, BERT_EXCLUDE)
+  assert got == {p: rule(p) for p in leaves_by_path(params)}
+  # The optional 'LayerNorm' still acts where it matches:
+  assert got["LayerNorm/scale"] is False and got["dense/kernel"] is True
+  # and 'bias', not optional, is still checked: on a tree without biases ...
+  no_bias = {"dense": {"kernel": jnp.ones((2, 2))}, "ln": {"scale": jnp.ones(2)}}
+  with pytest.raises(ValueError, match="exclude pattern 'bias' matches no"):
+    mask(no_bias)
+  # ... while both LayerNorm spellings may be absent.
+  ok = masks.path_mask(exclude=BERT_EXCLUDE, optional=["LayerNorm", "layer_norm"])
+  assert ok({"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}) == {
+    "dense": {"kernel": True, "bias": False}
+  }
+
+
+def test_optional_covers_every_no_effect_check_for_that_pattern_only():
+  params = linen_like_params()
+  # An optional exclude removing nothing include selects; an optional include
+  # whose every match is excluded: no error, and the plain rule.
+  for include, exclude, optional in [
+    ("^dense/", "embedding", "embedding"),
+    (["kernel", "bias"], "bias", "bias"),
+    ("kernel", ["bias", "^dense/"], "bias"),
+  ]:
+    got = leaves_by_path(masks.path_mask(include, exclude, optional=optional)(params))
+    rule = plain_rule(include, exclude)
+    assert got == {p: rule(p) for p in leaves_by_path(params)}
+  # A pattern matching the empty string is still an error: it matches every
+  # path, which no list shared between models means.
+  with pytest.raises(ValueError, match="matches the empty string"):
+    masks.path_mask(include="kernel|", optional="kernel|")(params)
+
+
+def test_optional_takes_compiled_patterns_and_names_a_stray_one():
+  params = linen_like_params()
+  rx = re.compile("layer_norm")
+  mask = masks.path_mask(exclude=[rx, "bias"], optional=[rx])
+  assert leaves_by_path(mask(params))["dense/kernel"] is True
+  assert "optional=['layer_norm']" in repr(mask)
+  with pytest.raises(ValueError, match=r"optional names the pattern 'LayerNrom'"):
+    masks.path_mask(exclude=["LayerNorm", "bias"], optional=["LayerNrom"])
+  with pytest.raises(ValueError, match=r"'bias', which is in neither include"):
+    masks.path_mask(include="kernel", optional="bias")
+  with pytest.raises(TypeError, match="optional"):
+    masks.path_mask(exclude="bias", optional=[1])
+
+
+def test_no_match_message_recommends_optional_for_that_pattern():
+  params = linen_like_params()
+  with pytest.raises(ValueError) as e:
+    masks.path_mask(exclude=BERT_EXCLUDE)(params)
+  msg = str(e.value)
+  assert "exclude pattern 'layer_norm' matches no parameter path" in msg
+  assert "pass optional=['layer_norm']" in msg
+  assert "still acts where it matches" in msg
+  assert "strict=False turns the check off for every pattern" in msg
+  assert "Neither changes which parameters are selected" in msg
+  # Following the advice works, and selects what strict=False selects.
+  a = masks.path_mask(exclude=BERT_EXCLUDE, optional=["layer_norm"])(params)
+  b = masks.path_mask(exclude=BERT_EXCLUDE, strict=False)(params)
+  assert a == b
+
+
+@pytest.mark.parametrize("pattern", ["layernorm", "LAYERNORM", "layerNorm"])
+def test_case_hint_covers_hugging_face_spellings(pattern):
+  # Hugging Face's no-decay lists spell it 'layernorm', 'LayerNorm', ...: the
+  # hint names the case-insensitive pattern and that it selects those paths.
+  params = nest(BERT_NAMES, lambda _: jnp.zeros(1))
+  with pytest.raises(ValueError) as e:
+    masks.path_mask(exclude=[pattern, "bias"])(params)
+  msg = str(e.value)
+  assert "ignoring case it would match 'bert/embeddings/LayerNorm/beta'" in msg
+  assert f"the pattern '(?i){pattern}' ignores case, and then selects those" in msg
+  fixed = masks.path_mask(exclude=[f"(?i){pattern}", "bias"])(params)
+  assert leaves_by_path(fixed)["bert/embeddings/LayerNorm/gamma"] is False
+
+
+def test_path_labels_no_match_recommends_strict_false_only():
+  with pytest.raises(ValueError) as e:
+    masks.path_labels({"layer_norm": "no_decay"}, default="decay")(linen_like_params())
+  msg = str(e.value)
+  assert "pass strict=False, which turns the check off for every rule" in msg
+  assert "optional" not in msg
+
+
+# ---------------------------------------------------------------------------
+# all_of / any_of
+
+
+def vit_like_params():
+  return {
+    "cls_token": jnp.zeros((1, 1, 4)),
+    "pos_embed": jnp.zeros((1, 5, 4)),
+    "patch_embed": {"proj": {"kernel": jnp.ones((2, 2, 3, 4)), "bias": jnp.zeros(4)}},
+    "blocks": [
+      {
+        "norm1": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+        "attn": {"qkv": {"kernel": jnp.ones((4, 12)), "bias": jnp.zeros(12)}},
+      }
+    ],
+    "head": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},
+  }
+
+
+def test_all_of_and_any_of_combine_leaf_by_leaf(jit):
+  params = vit_like_params()
+  big = masks.min_ndim(2)
+  named = masks.path_mask(exclude=["pos_embed", "cls_token"])
+  both = masks.all_of(big, named)
+  either = masks.any_of(big, named)
+  got_all, got_any = leaves_by_path(both(params)), leaves_by_path(either(params))
+  for path, leaf in leaves_by_path(params).items():
+    is_big = np.ndim(leaf) >= 2
+    is_named = not re.search("pos_embed|cls_token", path)
+    assert got_all[path] is (is_big and is_named), path
+    assert got_any[path] is (is_big or is_named), path
+  # One mask: itself. Nested, and with a bool tree given directly.
+  assert masks.all_of(big)(params) == big(params)
+  tree = jax.tree.map(lambda _: True, params)
+  assert masks.any_of(masks.all_of(big, named), tree)(params) == tree
+  # As an Optax mask, under jit: decay only where both say so.
+  tx = optax.add_decayed_weights(0.5, mask=both)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jit(tx.update)(grads, tx.init(params), params)
+  for path, u in leaves_by_path(updates).items():
+    assert bool(jnp.any(u != 0)) is got_all[path], path
+
+
+def test_combined_masks_keep_masked_nodes():
+  # Inside optax.masked, the updates hold MaskedNode for hidden parameters.
+  params = {"a": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+  inner = masks.all_of(masks.min_ndim(2), masks.path_mask(exclude="bias"))
+  tx = optax.masked(
+    optax.add_decayed_weights(1.0, mask=inner), {"a": {"kernel": True, "bias": False}}
+  )
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_array_equal(updates["a"]["kernel"], jnp.ones((2, 2)))
+  tree = {"a": {"kernel": jnp.ones((2, 2)), "bias": optax.MaskedNode()}}
+  assert masks.any_of(masks.min_ndim(2))(tree) == {
+    "a": {"kernel": True, "bias": optax.MaskedNode()}
+  }
+
+
+@pytest.mark.parametrize("combine", [masks.all_of, masks.any_of], ids=["all", "any"])
+def test_combining_non_masks_raises_naming_them(combine):
+  name = combine.__name__
+  params = vit_like_params()
+  with pytest.raises(TypeError, match=f"{name}: give at least one mask"):
+    combine()
+  for bad in ["bias", 0.5, None, {"a": 1.0}, {}]:
+    with pytest.raises(TypeError, match=rf"{name}: masks\[1\] is .* not a mask"):
+      combine(masks.min_ndim(2), bad)
+  # A function returning floats, or a tree of other paths, is refused when called.
+  floats = combine(lambda p: jax.tree.map(lambda x: 1.0, p))
+  with pytest.raises(
+    TypeError, match=r"masks\[0\] .* gives 1.0 at 'blocks/0/.*not a bool"
+  ):
+    floats(params)
+  other = combine(masks.min_ndim(2), lambda p: {"head": True})
+  with pytest.raises(ValueError, match=r"masks\[1\].*Only in the params: 'blocks/0/"):
+    other(params)
+  assert repr(combine(masks.min_ndim(2))) == f"{name}(min_ndim(2))"

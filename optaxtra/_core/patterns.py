@@ -73,9 +73,35 @@ def _matches_everything(rx: re.Pattern, all_paths: list[str]) -> bool:
 
 
 def _no_match(
-  fn: str, what: str, rx: re.Pattern, all_paths: list[str], tree: Any
+  fn: str,
+  what: str,
+  rx: re.Pattern,
+  all_paths: list[str],
+  tree: Any,
+  *,
+  optional: str | None = None,
+  strict: bool = False,
+  every: str = "pattern",
 ) -> ValueError:
-  """The error for a pattern that matches no path, with what might be meant."""
+  """The error for a pattern that matches no path, with what might be meant.
+
+  Args:
+    fn: the public function, for the message.
+    what: the pattern as the message names it ("exclude pattern 'bias'").
+    rx: the pattern.
+    all_paths: the paths of the tree.
+    tree: the tree (for its ``None`` entries).
+    optional: the name of the argument that lets this one pattern match
+      nothing (``path_mask``'s ``optional``), or None where there is none.
+    strict: whether the caller has a ``strict`` flag that turns the check off
+      (``path_mask``, ``path_labels``); without one (or ``optional``) the
+      message only asks for the pattern to be fixed.
+    every: what ``strict=False`` relaxes, in words ("pattern", "rule").
+
+  The switches it names never change what is selected: ``optional=[...]``
+  and ``strict=False`` only turn the check off. Where a change of the
+  pattern would select more (ignoring case), it says so.
+  """
   msg = (
     f"{fn}: {what} matches no parameter path (patterns are "
     "regular expressions searched in each path with re.search, case-sensitive)."
@@ -91,7 +117,11 @@ def _no_match(
     hints = []
     folded = [p for p in all_paths if re.search(rx.pattern, p, rx.flags | re.I)]
     if folded:
-      hints.append(f"ignoring case it would match {show(folded, 3)}")
+      hints.append(
+        f"ignoring case it would match {show(folded, 3)} (names are spelt "
+        "variably, e.g. 'LayerNorm', 'layernorm', 'layer_norm'; the pattern "
+        f"{'(?i)' + rx.pattern!r} ignores case, and then selects those)"
+      )
     parts = sorted({s for p in all_paths for s in p.split("/")})
     close = difflib.get_close_matches(rx.pattern, parts, n=3, cutoff=0.6)
     if close:
@@ -102,10 +132,21 @@ def _no_match(
       msg += " The params are a single array, whose path is ''."
   else:
     msg += " The tree has no parameters."
-  msg += (
-    " Fix the pattern (optaxtra.masks.paths(params) lists every path), or pass "
-    "strict=False if it may match nothing (a list shared between models, or a "
-    "mask used inside an optax.partition / optax.masked whose group lacks "
-    "these parameters)."
+  msg += " Fix the pattern (optaxtra.masks.paths(params) lists every path)."
+  reason = (
+    "a list shared between models, or a mask used inside an optax.partition / "
+    "optax.masked whose group lacks these parameters"
   )
+  if optional is not None and strict:
+    msg += (
+      f" If it may match nothing ({reason}), pass {optional}=[{rx.pattern!r}]: "
+      "this pattern may then match nothing and still acts where it matches, "
+      f"while every other {every} stays checked; strict=False turns the check "
+      f"off for every {every}. Neither changes which parameters are selected."
+    )
+  elif strict:
+    msg += (
+      f" If it may match nothing ({reason}), pass strict=False, which turns the "
+      f"check off for every {every} without changing what is selected."
+    )
   return ValueError(msg)

@@ -286,7 +286,7 @@ def _merge(counts: list[_Record]) -> Any | None:
   """The one value of counts that advance together, or None where they do not
   agree (or are not integer arrays of one shape, which no comparison makes
   one count). Traced counts cannot be compared when traced: they give their
-  value where they agree and :data:`DISAGREE` where not."""
+  value where they agree and ``DISAGREE`` where not."""
   values = [jnp.asarray(r.value) for r in counts]
   first = values[0]
   if len(values) == 1:
@@ -440,7 +440,7 @@ def inspect(state: optax.OptState) -> dict[str, jax.Array]:
   added, whose count starts at 0) are never merged into one silently: outside
   ``jax.jit`` each is then reported under its path (the outermost as
   ``count``); under ``jax.jit``, where their values are not known when the
-  keys are chosen, the one ``count`` is ``-1`` (:data:`DISAGREE`, never a
+  keys are chosen, the one ``count`` is ``-1`` (``DISAGREE``, never a
   count): call ``inspect`` outside ``jit`` on that state to see each.
 
   Values by path: a hyperparameter given by :func:`optaxtra.by_path` is

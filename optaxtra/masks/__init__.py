@@ -26,6 +26,9 @@ what lies under ``encoder``, ``"(^|/)bias$"`` only leaves named exactly
 ``bias``. :func:`paths` lists the paths of a tree, to see what a pattern will
 match.
 
+:func:`all_of` and :func:`any_of` combine masks leaf by leaf (timm's weight
+decay rule is ``all_of(min_ndim(2), path_mask(exclude=[...]))``).
+
 Every callable here takes a params (or updates) tree and returns a tree of the
 same structure, so it can be given wherever Optax takes a ``mask`` or labels:
 :func:`optax.masked`, :func:`optax.add_decayed_weights`, :func:`optax.adamw`,
@@ -42,13 +45,22 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from optaxtra.masks._labels import path_labels
+from optaxtra.masks._logic import all_of, any_of
 from optaxtra.masks._mask import min_ndim, path_mask
 from optaxtra.masks._walk import paths
 
 if TYPE_CHECKING:
   import optax
 
-__all__ = ["freeze", "min_ndim", "path_labels", "path_mask", "paths"]
+__all__ = [
+  "all_of",
+  "any_of",
+  "freeze",
+  "min_ndim",
+  "path_labels",
+  "path_mask",
+  "paths",
+]
 
 
 def freeze(

@@ -79,7 +79,13 @@ class _PathLabels(_Cached):
         matched = [p for p in all_paths if rx.search(p)]
         if not matched:
           raise _no_match(
-            self.fn, f"rule {rx.pattern!r} -> {label!r}", rx, all_paths, tree
+            self.fn,
+            f"rule {rx.pattern!r} -> {label!r}",
+            rx,
+            all_paths,
+            tree,
+            strict=True,
+            every="rule",
           )
         earlier = sorted(
           {

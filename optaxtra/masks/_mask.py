@@ -24,11 +24,12 @@ from optaxtra.masks._walk import _Cached, _fill, _flatten
 class _PathMask(_Cached):
   """The callable returned by :func:`path_mask`."""
 
-  def __init__(self, include, exclude, strict):
+  def __init__(self, include, exclude, strict, optional=frozenset()):
     super().__init__()
     self.include = include
     self.exclude = exclude
     self.strict = strict
+    self.optional = optional  # pattern strings that may have no effect
 
   def __call__(self, params: Any) -> Any:
     return self._lookup("path_mask", params)
@@ -50,8 +51,18 @@ class _PathMask(_Cached):
     fn = "path_mask"
     for arg, pats in (("include", self.include), ("exclude", self.exclude)):
       for rx in pats or ():
+        if rx.pattern in self.optional:
+          continue
         if not any(rx.search(p) for p in all_paths):
-          raise _no_match(fn, f"{arg} pattern {rx.pattern!r}", rx, all_paths, tree)
+          raise _no_match(
+            fn,
+            f"{arg} pattern {rx.pattern!r}",
+            rx,
+            all_paths,
+            tree,
+            optional="optional",
+            strict=True,
+          )
     if not all_paths:
       return
     for rx in self.include or ():
@@ -66,10 +77,14 @@ class _PathMask(_Cached):
         )
     excluders = {p: self._excluders(p) for p in all_paths}
     for rx in self.include if self.include is not None else (None,):
+      if rx is not None and rx.pattern in self.optional:
+        continue
       matched = [p for p in all_paths if rx is None or rx.search(p)]
       if all(excluders[p] for p in matched):
         raise self._all_excluded(rx, matched, excluders)
     for rx in self.exclude or ():
+      if rx.pattern in self.optional:
+        continue
       hit = [p for p in all_paths if rx.search(p)]
       if not any(self._included(p) for p in hit):
         incs = ", ".join(repr(i.pattern) for i in self.include or ())
@@ -78,7 +93,9 @@ class _PathMask(_Cached):
           f"paths it matches ({show(hit, 3)}) is selected by the include "
           f"pattern(s) {incs}, so it has no effect. Make it name what it should "
           "carve out of what include selects (e.g. 'encoder/.*bias' rather "
-          "than '^bias'), drop it, or pass strict=False."
+          f"than '^bias'), drop it, pass optional=[{rx.pattern!r}] if it may "
+          "have no effect on some models, or strict=False (which turns every "
+          "check off); neither changes what is selected."
         )
 
   def _all_excluded(
@@ -121,9 +138,10 @@ class _PathMask(_Cached):
     def pats(ps):
       return None if ps is None else [rx.pattern for rx in ps]
 
+    extra = f", optional={sorted(self.optional)!r}" if self.optional else ""
     return (
       f"path_mask(include={pats(self.include)!r}, exclude={pats(self.exclude)!r}, "
-      f"strict={self.strict})"
+      f"strict={self.strict}{extra})"
     )
 
 
@@ -132,6 +150,7 @@ def path_mask(
   exclude: Patterns | None = None,
   *,
   strict: bool = True,
+  optional: Patterns = (),
 ) -> Callable[[Any], Any]:
   r"""A mask that selects parameters by path, usable as any Optax ``mask=``.
 
@@ -157,11 +176,20 @@ def path_mask(
       selects (``include="encoder", exclude="bias"``) is what exclude is for.
       Each exclude pattern must remove at least one path that include
       selects. An include pattern that matches every path because it matches
-      the empty string (``"bias|"``) is an error too. Pass False for a list
-      shared between models (BERT's list holds both ``"LayerNorm"`` and
-      ``"layer_norm"``, one of which matches nothing in a given model), or
-      when selecting nothing is intended; the mask is then computed as
-      described above, whatever the patterns match.
+      the empty string (``"bias|"``) is an error too. Pass False when
+      selecting nothing is intended; the mask is then computed as described
+      above, whatever the patterns match. For a list shared between models,
+      prefer ``optional``.
+    optional: some of the pattern strings given in ``include`` or
+      ``exclude`` (the same strings, or the same compiled patterns), which may
+      have no effect on the tree: match no path, or, for an exclude pattern,
+      remove nothing that include selects. They still act where they match;
+      every other pattern stays checked. This is for a list shared between
+      models: BERT's ``["LayerNorm", "layer_norm", "bias"]`` holds two
+      spellings, one of which a given model lacks; timm's ``no_weight_decay``
+      names ``dist_token`` and ``reg_token``, which a plain ViT lacks. A
+      string in ``optional`` that is in neither ``include`` nor ``exclude``
+      raises ``ValueError``.
 
   Returns:
     A function ``params -> tree of bools`` with the structure of ``params``,
@@ -181,6 +209,14 @@ def path_mask(
                  'dense': {'bias': False, 'kernel': True}}}
     >>> tx = optax.adamw(1e-3, weight_decay=1e-2, mask=decay)
     >>> state = tx.init(params)
+
+    A pattern that only some models match is named in ``optional``; the
+    others are still checked:
+
+    >>> masks.path_mask(exclude=["LayerNorm", "layer_norm", "bias"],
+    ...                 optional=["LayerNorm", "layer_norm"])(params)
+    {'encoder': {'LayerNorm': {'gamma': False},
+                 'dense': {'bias': False, 'kernel': True}}}
 
     A typo does not pass unnoticed, nor an exclude that undoes an include:
 
@@ -206,7 +242,18 @@ def path_mask(
       "path_mask: include is empty, so the mask would select no parameter. "
       "Pass include=None to start from every parameter, or list patterns."
     )
-  return _PathMask(inc, exc, strict)
+  opt = _compile("path_mask", "optional", optional) or ()
+  given = {rx.pattern for rx in (*(inc or ()), *(exc or ()))}
+  for rx in opt:
+    if rx.pattern not in given:
+      raise ValueError(
+        f"path_mask: optional names the pattern {rx.pattern!r}, which is in "
+        f"neither include ({[r.pattern for r in inc or ()]}) nor exclude "
+        f"({[r.pattern for r in exc or ()]}). optional lists some of those "
+        "patterns, spelt the same, to let them match nothing; add the pattern "
+        "to include or exclude, or fix its spelling in optional."
+      )
+  return _PathMask(inc, exc, strict, frozenset(rx.pattern for rx in opt))
 
 
 class _MinNdim:
@@ -232,8 +279,10 @@ def min_ndim(n: int) -> Callable[[Any], Any]:
 
   ``min_ndim(2)`` is timm's rule for weight decay: decay weight matrices and
   convolution kernels, not biases and normalisation scales (which are 1-D).
-  Combine with a path mask by hand when both matter, e.g.
-  ``lambda p: jax.tree.map(operator.and_, min_ndim(2)(p), path_mask(...)(p))``.
+  Combine it with a path mask when both matter, as timm's
+  ``param_groups_weight_decay`` does with a model's ``no_weight_decay()``
+  names: ``all_of(min_ndim(2), path_mask(exclude=["pos_embed",
+  "cls_token"]))`` (:func:`optaxtra.masks.all_of`).
 
   Args:
     n: the least number of dimensions, a non-negative int (a NumPy or

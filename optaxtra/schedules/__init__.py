@@ -30,7 +30,9 @@ schedule sees it. Lengths and boundaries (``decay_steps``,
 ``transition_steps``, ``boundaries``, ``warmup_steps``, ``stable_steps``,
 ``period``, ``total_steps``, ``steps_per_epoch``) may exceed int32, up to
 ``2**63 - 1``: an int32 step never reaches them (such a decay is simply never
-finished), and every int32 step is still exact.
+finished), and every int32 step is still exact. ``steps_per_epoch`` may also be
+fractional (``1281167 / 1024``): :func:`per_epoch` takes it as the exact
+fraction it holds and still computes every epoch in integers.
 
 Bad arguments raise ``ValueError`` naming the argument when the schedule is
 built, non-finite values (``nan``, ``inf``, ``-inf``) included; nothing is

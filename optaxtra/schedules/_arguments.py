@@ -104,7 +104,7 @@ def check_ratio(
 
   For a length that may be fractional, such as ``steps_per_epoch =
   num_examples / batch_size``: a Python or NumPy int or float, or a
-  :class:`fractions.Fraction`, taken *exactly* (a float is the binary
+  ``fractions.Fraction``, taken *exactly* (a float is the binary
   fraction it holds: ``1281167 / 1024`` is ``Fraction(1281167, 1024)``), so
   that boundaries computed from it are exact integer arithmetic. Bools,
   traced values, strings and arrays with dimensions raise ``TypeError``;
@@ -119,7 +119,7 @@ def check_ratio(
     high: the largest allowed value.
 
   Returns:
-    The value as an exact :class:`fractions.Fraction`.
+    The value as an exact ``fractions.Fraction``.
   """
   unit = f" {what}" if what else ""
   if _checks.is_traced(value):

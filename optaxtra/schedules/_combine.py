@@ -242,7 +242,7 @@ def per_epoch(
   ``1281167 / 1024 = 1251.1396484375``) and lets the epochs straddle batches.
   It is taken as the exact fraction it holds (a float is a binary fraction:
   ``fractions.Fraction(1251.1396484375) == Fraction(1281167, 1024)``; a
-  :class:`fractions.Fraction` such as ``Fraction(1281167, 1000)`` is taken as
+  ``fractions.Fraction`` such as ``Fraction(1281167, 1000)`` is taken as
   it is), and the staircase epoch ``floor(t / steps_per_epoch)`` is computed in
   integer arithmetic, exactly for every int32 step: the first step of epoch
   ``e`` is ``ceil(e * steps_per_epoch)``, never a step early or late. Dividing
@@ -255,7 +255,7 @@ def per_epoch(
     steps_per_epoch: the updates in one epoch, at least 1 (up to ``2**63 -
       1``): an int (``len(dataset) // batch_size`` when the last partial batch
       is dropped, ``math.ceil(len(dataset) / batch_size)`` when it is kept), or
-      a float or :class:`fractions.Fraction` for epochs of a fractional number
+      a float or ``fractions.Fraction`` for epochs of a fractional number
       of steps.
     staircase: pass the whole epoch (True) or the fractional epoch (False).
 

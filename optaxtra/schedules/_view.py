@@ -84,7 +84,7 @@ def plot(
     schedule: a schedule, as for :func:`optaxtra.schedules.sample`.
     num_steps: positive int, the number of steps to draw.
     steps_per_epoch: optional, the updates in one epoch, at least 1: an int,
-      or a float or :class:`fractions.Fraction` as
+      or a float or ``fractions.Fraction`` as
       :func:`optaxtra.schedules.per_epoch` takes (a line then marks each
       epoch's first step, ``ceil(epoch * steps_per_epoch)``).
     ax: a matplotlib ``Axes`` to draw on; by default a new figure's.
