@@ -20,7 +20,7 @@ def _decay_argument(fn: str, decay: Any) -> Any:
   """``decay``, checked to be a number in [0, 1)."""
   if callable(decay):
     raise TypeError(f"{fn}: decay must be a number in [0, 1), got {decay!r}.")
-  _checks.check_scalar(fn, "decay", decay, low=0.0, high=1.0, min_float32=True)
+  _hyper.real(fn, "decay", decay, low=0.0, high=1.0)
   return decay
 
 

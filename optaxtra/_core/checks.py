@@ -55,42 +55,6 @@ def concrete_scalar(value: Any) -> float | None:
   return float(arr)
 
 
-def check_scalar(
-  fn: str,
-  name: str,
-  value: Any,
-  *,
-  low: float | None = None,
-  high: float | None = None,
-  low_open: bool = False,
-  high_open: bool = True,
-  fix: str = "",
-  min_float32: bool = True,
-) -> None:
-  """:func:`optaxtra._core.hyper.real` for a value that may be a schedule.
-
-  Schedules (callables) pass: :class:`optaxtra._core.hyper.Hyper` checks
-  their values. Everything else is checked by the one resolver, in the same
-  words (``min_float32`` is kept for old call sites: narrow floats are always
-  refused).
-  """
-  del min_float32
-  if callable(value) and not isinstance(value, bool):
-    return
-  from optaxtra._core import hyper  # hyper imports this module
-
-  hyper.real(
-    fn,
-    name,
-    value,
-    low=low,
-    high=high,
-    low_open=low_open,
-    high_open=high_open,
-    fix=fix,
-  )
-
-
 def check_float32_or_wider(fn: str, name: str, value: Any) -> None:
   """Raises ``TypeError`` if ``value`` is a float array narrower than float32.
 

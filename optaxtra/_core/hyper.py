@@ -161,6 +161,10 @@ def real(
   return v
 
 
+INT64_MAX = 2**63 - 1
+_LIMITS = {INT32_MAX: "2**31 - 1", INT64_MAX: "2**63 - 1"}
+
+
 def integer(
   fn: str,
   name: str,
@@ -168,31 +172,54 @@ def integer(
   *,
   low: int = 0,
   high: int = INT32_MAX,
+  whole_floats: bool = False,
+  what: str = "",
   fix: str = "",
 ) -> int:
   """The one integer check: a Python or NumPy integer in ``[low, high]``.
 
-  Bools, floats (even ``3.0``), strings and arrays with dimensions raise
-  ``TypeError``; a value outside the range ``ValueError`` (``high`` defaults
-  to the largest int32, since counts are int32 and never wrap).
+  Bools, strings, arrays with dimensions and traced values raise
+  ``TypeError``; so do floats, unless ``whole_floats`` (a schedule's lengths,
+  which users compute by division: ``40.0`` is taken, ``31.25`` raises
+  ``ValueError`` with the fix). A value outside the range raises
+  ``ValueError`` (``high`` defaults to the largest int32, since counts are
+  int32 and never wrap). ``what`` names the unit in messages ("steps").
   """
-  bad = value is None or isinstance(value, bool | np.bool_ | float | str | bytes)
+  unit = f" {what}" if what else ""
+  if _checks.is_traced(value):
+    raise TypeError(
+      f"{fn}: {name} must be a concrete int{unit}, got a traced value; it is "
+      "fixed when the optimizer is built (with optax.inject_hyperparams, list "
+      f"it in static_args).{_suffix(fix)}"
+    )
+  bad = value is None or isinstance(value, bool | np.bool_ | str | bytes)
+  bad = bad or (isinstance(value, float) and not whole_floats)
   arr = None
-  if not bad and not _checks.is_traced(value):
+  if not bad:
     try:
       arr = np.asarray(value)
     except (TypeError, ValueError):
       bad = True
-  if bad or arr is None or arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
-    what = f"{value!r}" if not _checks.is_traced(value) else "a traced array"
+  kinds = "iuf" if whole_floats else "iu"
+  if bad or arr is None or arr.ndim != 0 or arr.dtype.kind not in kinds:
     dtype = getattr(value, "dtype", None)
     of = "" if dtype is None else f" of dtype {dtype}"
-    raise TypeError(f"{fn}: {name} must be an int, got {what}{of}.{_suffix(fix)}")
-  v = int(arr)
+    raise TypeError(
+      f"{fn}: {name} must be an int{unit}, got {value!r}{of}.{_suffix(fix)}"
+    )
+  v = arr.item()
+  if isinstance(v, float):
+    if not math.isfinite(v) or not v.is_integer():
+      raise ValueError(
+        f"{fn}: {name} must be a whole number{unit}, got {v!r}. Round it "
+        f"explicitly (e.g. {name}=math.ceil(...) or {name}=... // ...)."
+        f"{_suffix(fix)}"
+      )
+    v = int(v)
   if not low <= v <= high:
-    hi = "2**31 - 1" if high == INT32_MAX else str(high)
+    hi = _LIMITS.get(high, str(high))
     raise ValueError(
-      f"{fn}: {name} must be an int in [{low}, {hi}], got {v}.{_suffix(fix)}"
+      f"{fn}: {name} must be an int in [{low}, {hi}]{unit}, got {v}.{_suffix(fix)}"
     )
   return v
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -64,31 +65,9 @@ def check_int(
   Returns:
     The value as a Python int.
   """
-  unit = f" {what}" if what else ""
-  if _checks.is_traced(value):
-    raise TypeError(
-      f"{fn}: {name} must be a concrete integer, got a traced value. It sets "
-      "an integer boundary, fixed when the schedule is built; build the "
-      "schedule outside jax.jit (with optax.inject_hyperparams, list it in "
-      "static_args)."
-    )
-  arr = None if isinstance(value, bool) else np.asarray(value)
-  if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
-    raise TypeError(f"{fn}: {name} must be an integer number{unit}, got {value!r}.")
-  v = arr.item()
-  if isinstance(v, float):
-    if not math.isfinite(v) or not v.is_integer():
-      raise ValueError(
-        f"{fn}: {name} must be a whole number{unit}, got {v!r}. Round it "
-        f"explicitly (e.g. {name}=math.ceil(...) or {name}=... // ...)."
-      )
-    v = int(v)
-  if v < low:
-    raise ValueError(f"{fn}: {name} must be >= {low}{unit}, got {v}.")
-  if v > high:
-    limit = _LIMITS.get(high, f"<= {high}")
-    raise ValueError(f"{fn}: {name} must fit {limit}, got {v}.")
-  return v
+  return _hyper.integer(
+    fn, name, value, low=low, high=high, whole_floats=True, what=what
+  )
 
 
 def check_ratio(
@@ -165,11 +144,7 @@ def check_value(
       f"{fn}: {name} must be a number, got the function {value!r}. To chain "
       "schedules use optaxtra.schedules.join or linear_warmup."
     )
-  _checks.check_scalar(fn, name, value, low=low, high=None, low_open=low_open, fix=fix)
-  v = _checks.concrete_scalar(value)
-  if v is not None and not math.isfinite(v):
-    hint = f" {fix}" if fix else ""
-    raise ValueError(f"{fn}: {name} must be finite, got {v!r}.{hint}")
+  _hyper.real(fn, name, value, low=low, low_open=low_open, fix=fix)
 
 
 def check_schedule(fn: str, name: str, schedule: Any) -> None:

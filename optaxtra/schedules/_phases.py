@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 
 
 def check_choice(fn: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -36,7 +37,7 @@ def check_fraction(fn: str, name: str, value: Any, what: str) -> float:
       f"{what}, fixed when the schedule is built; build the schedule outside "
       "jax.jit (with optax.inject_hyperparams, list it in static_args)."
     )
-  _checks.check_scalar(fn, name, value, low=0.0, high=1.0, high_open=False)
+  _hyper.real(fn, name, value, low=0.0, high=1.0, high_open=False)
   return float(value)
 
 

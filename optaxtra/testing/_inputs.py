@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxtra._core import checks as _checks
+from optaxtra._core import hyper as _hyper
 from optaxtra._core.paths import quote
 from optaxtra.testing._trees import FN, aval, float64, leaves, tree_diff
 
@@ -55,12 +56,11 @@ def check_inputs(
       f"recompilation shows), got {num_steps}."
     )
   if zero_grad_rtol is not None:
-    _checks.check_scalar(
+    _hyper.real(
       FN,
       "zero_grad_rtol",
       zero_grad_rtol,
       low=0.0,
-      high=None,
       fix="Pass None to skip the zero-gradient check.",
     )
   _checks.check_flag(FN, "check_grad_dependence", check_grad_dependence)
