@@ -11,11 +11,18 @@ import optax
 
 from optaxtra._core.masking import resolve_mask
 from optaxtra._core.paths import paths, show
-from optaxtra._core.patterns import Patterns
-from optaxtra.masks import path_mask
+from optaxtra._core.patterns import Patterns, _compile
+from optaxtra.masks._mask import _PathMask
 
 _FROZEN = "frozen"
 _TRAINABLE = "trainable"
+
+
+def _frozen_mask(fn: str, patterns: Any) -> Any:
+  """``path_mask(include=patterns)``, whose messages name ``fn``'s ``frozen``."""
+  return _PathMask(
+    _compile(fn, "frozen", patterns), None, True, fn=fn, include_arg="frozen"
+  )
 
 
 def with_frozen(
@@ -88,16 +95,16 @@ def with_frozen(
       f"optax.adam(1e-3)), got {inner!r}."
     )
   if isinstance(frozen, str | re.Pattern):
-    mask: Any = path_mask(include=frozen)
+    mask: Any = _frozen_mask(fn, frozen)
   elif isinstance(frozen, list | tuple | set | frozenset) and any(
     isinstance(f, str | re.Pattern) for f in frozen
   ):
-    # Patterns (a set is a leaf to JAX, never a tree of bools); one that is not
-    # a pattern is then named by path_mask.
+    # Patterns (a set is a leaf to JAX, never a tree of bools), each checked
+    # here so that the message names with_frozen's argument, not path_mask's.
     items: list[Any] = list(frozen)
     if isinstance(frozen, set | frozenset):
       items.sort(key=repr)
-    mask = path_mask(include=items)
+    mask = _frozen_mask(fn, items)
   elif isinstance(frozen, list | tuple | set | frozenset) and not frozen:
     raise ValueError(
       f"{fn}: frozen is empty, so nothing would be frozen; use inner itself, "

@@ -534,8 +534,15 @@ def test_freeze_nothing_trainable_and_bad_arguments():
   params = tree_params()
   with pytest.raises(ValueError, match=r"every parameter is frozen \(16 of 16\)"):
     optaxtra.with_frozen(optax.adam(1e-3), frozen="^(bert|cls)/").init(params)
-  with pytest.raises(ValueError, match="include pattern 'encodr' matches no"):
+  with pytest.raises(
+    ValueError, match="with_frozen: frozen pattern 'encodr' matches no"
+  ):
     optaxtra.with_frozen(optax.adam(1e-3), frozen="encodr").init(params)
+  # Its own argument named, never path_mask's.
+  with pytest.raises(
+    TypeError, match=r"with_frozen: every frozen pattern must be a str"
+  ):
+    optaxtra.with_frozen(optax.adam(1e-3), frozen=["encoder", 1])
   with pytest.raises(
     TypeError, match=r"inner must be an optax\.GradientTransformation"
   ):

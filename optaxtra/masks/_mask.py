@@ -24,15 +24,26 @@ from optaxtra.masks._walk import _Cached, _fill, _flatten
 class _PathMask(_Cached):
   """The callable returned by :func:`path_mask`."""
 
-  def __init__(self, include, exclude, strict, optional=frozenset()):
+  def __init__(
+    self,
+    include,
+    exclude,
+    strict,
+    optional=frozenset(),
+    *,
+    fn: str = "path_mask",
+    include_arg: str = "include",
+  ):
     super().__init__()
+    # Whose mask this is, for messages: with_frozen builds one from `frozen`.
+    self.fn, self.include_arg = fn, include_arg
     self.include = include
     self.exclude = exclude
     self.strict = strict
     self.optional = optional  # pattern strings that may have no effect
 
   def __call__(self, params: Any) -> Any:
-    return self._lookup("path_mask", params)
+    return self._lookup(self.fn, params)
 
   def _compute(self, entries, tree):
     all_paths = [p for p, _, _ in entries]
@@ -48,8 +59,8 @@ class _PathMask(_Cached):
 
   def _check(self, all_paths: list[str], tree: Any) -> None:
     """Raises ``ValueError`` for a pattern that has no effect on this tree."""
-    fn = "path_mask"
-    for arg, pats in (("include", self.include), ("exclude", self.exclude)):
+    fn = self.fn
+    for arg, pats in ((self.include_arg, self.include), ("exclude", self.exclude)):
       for rx in pats or ():
         if rx.pattern in self.optional:
           continue
@@ -60,15 +71,17 @@ class _PathMask(_Cached):
             rx,
             all_paths,
             tree,
-            optional="optional",
-            strict=True,
+            # with_frozen's mask has no optional= or strict= to point to.
+            optional="optional" if self.fn == "path_mask" else None,
+            strict=self.fn == "path_mask",
           )
     if not all_paths:
       return
     for rx in self.include or ():
       if _matches_everything(rx, all_paths):
         raise ValueError(
-          f"{fn}: include pattern {rx.pattern!r} matches the empty string, so "
+          f"{fn}: {self.include_arg} pattern {rx.pattern!r} matches the empty "
+          "string, so "
           f"it matches every path ({show(all_paths, 3)}) and selects every "
           "parameter. An empty alternative ('bias|', e.g. from '|'.join of a "
           "list ending in '') or a pattern that may match nothing ('a*') does "
@@ -105,7 +118,7 @@ class _PathMask(_Cached):
     excluders: dict[str, list[re.Pattern]],
   ) -> ValueError:
     """The error for an include (None: every path) whose matches are all excluded."""
-    fn = "path_mask"
+    fn = self.fn
     used = [e for e in self.exclude or () if any(e in excluders[p] for p in matched)]
     names = ", ".join(repr(e.pattern) for e in used)
     if rx is None:
