@@ -263,3 +263,130 @@ def test_bad_gradients(jit):
     TypeError, match="'w' has dtype complex64 but init was given a real"
   ):
     update({"w": jnp.ones(3, jnp.complex64), "b": jnp.ones(())}, state)
+
+
+# --- epsilon_hat: epsilon outside the bias correction (Keras, TF1) ----------------
+
+
+def _eps_hat_step(g, mu, nu, t, *, b1, b2, eps, eps_root=0.0, nesterov=False, **_):
+  """One step of Adam with epsilon outside the bias correction, float64.
+
+  Kingma & Ba's "epsilon hat" (end of Section 2), as TF1's ``AdamOptimizer``
+  and Keras' ``Adam`` compute it: ``sqrt(1 - b2**t) / (1 - b1**t) * m /
+  (sqrt(v) + eps)``; with Nesterov, Optax's looked-ahead ``m_hat`` times
+  ``sqrt(1 - b2**t)``.
+  """
+  g, mu, nu = ref.f64(g), ref.f64(mu), ref.f64(nu)
+  mu = b1 * mu + (1.0 - b1) * g
+  nu = b2 * nu + (1.0 - b2) * g * g
+  c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+  if nesterov:
+    m_hat = b1 * mu / (1.0 - b1 ** (t + 1)) + (1.0 - b1) * g / c1
+  else:
+    m_hat = mu / c1
+  return np.sqrt(c2) * m_hat / (np.sqrt(nu + eps_root) + eps), mu, nu
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_epsilon_hat_matches_reference(float_dtype, nesterov):
+  """Every update and moment, from the implementation's own state, under jit."""
+  hyper = {**HYPER, "nesterov": nesterov}
+  tx = optaxtra.scale_by_adam(**hyper, epsilon_hat=True)
+  held = ref.held(hyper, float_dtype)
+  update = jax.jit(tx.update)
+  state = tx.init(_params(float_dtype))
+  rtol = RTOL[float_dtype.name]
+  for t, g in enumerate(_grads(float_dtype), start=1):
+    updates, new_state = update(g, state)
+    for k in SHAPES:
+      want_u, want_mu, want_nu = _eps_hat_step(
+        g[k], state.mu[k], state.nu[k], t, **held
+      )
+      scale_u, scale_mu, _ = _eps_hat_step(
+        np.abs(ref.f64(g[k])), np.abs(ref.f64(state.mu[k])), state.nu[k], t, **held
+      )
+      assert updates[k].dtype == float_dtype
+      _harness.assert_close(updates[k], want_u, rtol, scale_u, f"u {t} {k}")
+      _harness.assert_close(new_state.mu[k], want_mu, rtol, scale_mu, f"mu {t} {k}")
+      _harness.assert_close(new_state.nu[k], want_nu, rtol, None, f"nu {t} {k}")
+    # The recorded factor is the same as without the flag: alpha_t / lr.
+    want = ref.adam_bias_correction(t, held["b1"], held["b2"])
+    np.testing.assert_allclose(float(new_state.bias_correction), want, rtol=rtol)
+    state = new_state
+
+
+def test_epsilon_hat_is_adam_with_eps_over_sqrt_of_the_correction(x64):
+  """In exact arithmetic, epsilon hat is Adam with eps / sqrt(1 - b2**t).
+
+  (Without eps_root, which sits inside the square root on both sides.)
+  """
+  hyper = {**HYPER, "eps_root": 0.0}
+  grads, params = _grads(jnp.float64), _params(jnp.float64)
+  hat, s_hat, _ = _harness.run(
+    optaxtra.scale_by_adam(**hyper, epsilon_hat=True), params, grads, jit=True
+  )
+  for t, (g, u) in enumerate(zip(grads, hat, strict=True), start=1):
+    eps_t = hyper["eps"] / np.sqrt(1 - hyper["b2"] ** t)
+    tx = optaxtra.scale_by_adam(**{**hyper, "eps": eps_t})
+    want, _ = tx.update(g, s_hat[t - 1])
+    for k in SHAPES:
+      np.testing.assert_allclose(u[k], want[k], rtol=1e-13, atol=0)
+
+
+def test_epsilon_hat_without_bias_correction_changes_nothing():
+  grads, params = _grads(jnp.float32), _params(jnp.float32)
+  a, _, _ = _harness.run(
+    optaxtra.scale_by_adam(bias_correction=False, epsilon_hat=True),
+    params,
+    grads,
+    jit=True,
+  )
+  b, _, _ = _harness.run(
+    optaxtra.scale_by_adam(bias_correction=False), params, grads, jit=True
+  )
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_epsilon_hat_contract_and_flag():
+  tx = optaxtra.scale_by_adam(**HYPER, epsilon_hat=True)
+  _harness.check_contract(tx, _params(jnp.float32), _grads(jnp.float32))
+  with pytest.raises(TypeError, match="epsilon_hat"):
+    optaxtra.scale_by_adam(epsilon_hat=1)  # pyright: ignore[reportArgumentType]
+
+
+def test_epsilon_hat_matches_keras_adam(keras):
+  """Keras 3's Adam, live, twenty steps from zero on one gradient sequence.
+
+  Both compute in float32 from the same float32 ``b1``, ``b2``. They differ
+  by rounding, bounded per step: Keras takes ``1 - b2**t`` from a float32
+  power, which cancels (``2**-24 / (1 - b2**t)`` relative, half of it after
+  the square root: 7e-6 at ``t = 2`` with ``b2 = 0.999``), and both round the
+  few operations of the step (8 ulps together), of an update at most
+  ``|u_t|``; the parameters then differ by at most the sum of these over the
+  steps, plus one ulp of the parameter per step for the two roundings of
+  ``p + u``.
+  """
+  lr, steps = 1e-2, 20
+  params = _harness.normal_params(jnp.float32, 3, SHAPES)
+  grads = _grads(jnp.float32, steps=steps)
+  var = {k: keras.Variable(np.asarray(v), name=f"w{k}") for k, v in params.items()}
+  opt = keras.optimizers.Adam(lr, beta_1=HYPER["b1"], beta_2=HYPER["b2"], epsilon=1e-7)
+  tx = optax.chain(
+    optaxtra.scale_by_adam(b1=HYPER["b1"], b2=HYPER["b2"], eps=1e-7, epsilon_hat=True),
+    optaxtra.scale_by_learning_rate(lr),
+  )
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  b2 = float(np.float32(HYPER["b2"]))
+  allowed = {k: 0.0 for k in SHAPES}
+  for t, g in enumerate(grads, start=1):
+    opt.apply_gradients([(np.asarray(g[k]), var[k]) for k in SHAPES])
+    updates, state = update(g, state)
+    params = optax.apply_updates(params, updates)
+    rel = 8 * 2.0**-24 + 2.0**-24 / (2 * (1 - b2**t))
+    for k in SHAPES:
+      ulp = float(np.max(np.spacing(np.abs(np.asarray(params[k], np.float32)))))
+      allowed[k] += float(np.max(np.abs(updates[k]))) * rel + ulp
+      diff = np.max(np.abs(np.asarray(var[k].numpy(), np.float64) - params[k]))
+      assert diff <= allowed[k], f"step {t} {k}: {diff:.3g} > {allowed[k]:.3g}"
