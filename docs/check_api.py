@@ -18,7 +18,13 @@ from pathlib import Path
 
 from sphinx.util.inventory import InventoryFile
 
-MODULES = ("optaxtra", "optaxtra.schedules", "optaxtra.masks", "optaxtra.testing")
+MODULES = (
+  "optaxtra",
+  "optaxtra.schedules",
+  "optaxtra.masks",
+  "optaxtra.testing",
+  "optaxtra.interop",
+)
 
 
 def public_names() -> list[tuple[str, str]]:
