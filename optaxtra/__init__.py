@@ -50,7 +50,7 @@ from optaxtra._weight_decay import (
   add_decayed_weights_decoupled,
 )
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
   "AdamWState",
