@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -13,18 +14,14 @@ from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._core import checks as _checks
 from optaxtra._core.paths import paths as _paths
 from optaxtra._introspect.declare import inspectable
-from optaxtra._learning_rate import LearningRate, ScalarOrSchedule
+from optaxtra._learning_rate import (
+  LearningRate,
+  ScalarOrSchedule,
+  effective_learning_rate,
+)
 from optaxtra._weight_decay import Decay, decay_updates
 
 _FN = "adamw"
-
-
-def _effective(state: AdamWState) -> dict[str, Any]:
-  """Adam's alpha_t, ``learning_rate * sqrt(1 - b2**t) / (1 - b1**t)``, by group."""
-  bc, lr = state.bias_correction, state.learning_rate
-  if bc is None or isinstance(lr, dict):
-    return {}  # by group: inspect pairs each group's rate with the factor
-  return {"effective_learning_rate": lr * bc}
 
 
 @inspectable(
@@ -37,7 +34,8 @@ def _effective(state: AdamWState) -> dict[str, Any]:
     "bias_correction",
   ],
   trees=["mu", "nu"],
-  derive=_effective,
+  # A factor of None: b1 or b2 differ by group, so there is no one alpha_t.
+  derive=functools.partial(effective_learning_rate, unknown_factor=True),
 )
 class AdamWState(NamedTuple):
   """State of :func:`optaxtra.adamw`.

@@ -15,17 +15,15 @@ from optaxtra._core import checks as _checks
 from optaxtra._core.paths import paths as masks_paths
 from optaxtra._coupling import Coupling, decay_schedule
 from optaxtra._introspect.declare import inspectable
-from optaxtra._learning_rate import LearningRate, ScalarOrSchedule
+from optaxtra._learning_rate import (
+  LearningRate,
+  ScalarOrSchedule,
+  effective_learning_rate,
+)
 from optaxtra._weight_decay import Decay, decay_updates
 
 _FN = "adamax_clipped"
 _DECAY_FN = "add_decayed_weights_decoupled"  # messages name the stage computing
-
-
-def _effective(state: AdamaxClippedState) -> dict[str, Any]:
-  bc = state.bias_correction
-  lr = state.learning_rate
-  return {"effective_learning_rate": lr if bc is None else lr * bc}
 
 
 @inspectable(
@@ -39,7 +37,7 @@ def _effective(state: AdamaxClippedState) -> dict[str, Any]:
     "bias_correction",
   ],
   trees=["mu", "nu"],
-  derive=_effective,
+  derive=effective_learning_rate,
 )
 class AdamaxClippedState(NamedTuple):
   """State of :func:`optaxtra.adamax_clipped`.

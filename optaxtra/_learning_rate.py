@@ -95,6 +95,23 @@ def _per_leaf(updates: Any, factors: list[jax.Array], index: list[int]) -> Any:
   return _paths.rebuild(entries, treedef, out)
 
 
+def effective_learning_rate(
+  state: Any, *, unknown_factor: bool = False
+) -> dict[str, Any]:
+  """The ``derive`` of an optimizer's state that records a learning rate and
+  a bias-correction factor: Adam's alpha_t, ``learning_rate * factor``.
+
+  A factor of None means none is applied (the effective rate is the learning
+  rate), or, with ``unknown_factor``, that it differs by group (then nothing
+  is derived). A learning rate by group (a dict) is left to
+  :func:`optaxtra.inspect`, which pairs each group's rate with the factor.
+  """
+  bc, lr = state.bias_correction, state.learning_rate
+  if isinstance(lr, dict) or (bc is None and unknown_factor):
+    return {}
+  return {"effective_learning_rate": lr if bc is None else lr * bc}
+
+
 class LearningRate:
   """The learning-rate kernel: values by step (and by path), a scale, a sign.
 

@@ -76,20 +76,7 @@ def _value(value: Any, dtype: Any) -> jax.Array:
       "tx.update(updates, state, params, value=loss). In optax.chain pass "
       "value=loss to the chain's update: it reaches every stage."
     )
-  if isinstance(value, str | bytes):
-    raise TypeError(f"{_FN}: value must be a number (the loss), got {value!r}.")
-  try:
-    v = jnp.asarray(value)
-  except TypeError:
-    raise TypeError(
-      f"{_FN}: value must be a number (the loss), got {value!r}."
-    ) from None
-  if jnp.issubdtype(v.dtype, jnp.bool_) or not (
-    jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
-  ):
-    raise TypeError(
-      f"{_FN}: value must be a real number (the loss), got dtype {v.dtype}."
-    )
+  v = _checks.loss_value(_FN, value)
   if v.ndim != 0:
     raise ValueError(
       f"{_FN}: value must be a scalar (the loss), got shape {v.shape}. Pass "

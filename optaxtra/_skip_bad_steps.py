@@ -122,21 +122,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _value_finite(value: Any) -> jax.Array:
   """Whether every entry of the monitored value is finite, or a clear error."""
-  if isinstance(value, str | bytes):
-    raise TypeError(f"{_FN}: value must be a number (the loss), got {value!r}.")
-  try:
-    v = jnp.asarray(value)
-  except TypeError:
-    raise TypeError(
-      f"{_FN}: value must be a number (the loss), got {value!r}."
-    ) from None
-  if not (
-    jnp.issubdtype(v.dtype, jnp.floating)
-    or jnp.issubdtype(v.dtype, jnp.integer)
-    or jnp.issubdtype(v.dtype, jnp.complexfloating)
-  ) or jnp.issubdtype(v.dtype, jnp.bool_):
-    raise TypeError(f"{_FN}: value must be a number (the loss), got dtype {v.dtype}.")
-  return jnp.all(jnp.isfinite(v))
+  return jnp.all(jnp.isfinite(_checks.loss_value(_FN, value, complex_ok=True)))
 
 
 def _spike_sigma(value: Any) -> Any:

@@ -238,6 +238,31 @@ def schedule_output(fn: str, name: str, value: Any) -> jax.Array:
   return v
 
 
+def loss_value(fn: str, value: Any, *, complex_ok: bool = False) -> jax.Array:
+  """The loss passed as ``value=`` as an array of numbers, or a clear error.
+
+  Checked on what is known at trace time (type and dtype), so it holds under
+  ``jax.jit``: strings, bools and (unless ``complex_ok``) complex numbers
+  raise ``TypeError`` naming ``fn``'s ``value``. Its shape is the caller's to
+  check.
+  """
+  if isinstance(value, str | bytes):
+    raise TypeError(f"{fn}: value must be a number (the loss), got {value!r}.")
+  try:
+    v = jnp.asarray(value)
+  except TypeError:
+    raise TypeError(
+      f"{fn}: value must be a number (the loss), got {value!r}."
+    ) from None
+  ok = jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
+  ok = ok or (complex_ok and jnp.issubdtype(v.dtype, jnp.complexfloating))
+  if not ok or jnp.issubdtype(v.dtype, jnp.bool_):
+    raise TypeError(
+      f"{fn}: value must be a real number (the loss), got dtype {v.dtype}."
+    )
+  return v
+
+
 def default_float() -> jnp.dtype:
   """float32, or float64 when ``jax_enable_x64`` is on."""
   return jnp.result_type(float)

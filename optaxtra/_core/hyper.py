@@ -491,14 +491,12 @@ def resolve(
   fn: str,
   name: str,
   value: Any,
-  *,
-  low: float | None = None,
-  high: float | None = None,
-  low_open: bool = False,
-  high_open: bool = True,
-  fix: str = "",
+  **bounds: Any,
 ) -> Hyper:
   """A :class:`Hyper` for ``value`` (a number, a schedule or a traced value).
+
+  ``bounds`` are :class:`Range`'s fields (``low``, ``high``, ``low_open``,
+  ``high_open``, ``fix``).
 
   A number is checked now (:func:`real`); a schedule's values and a traced
   value are checked at each step (see :class:`Hyper`). A :class:`ByPath` is
@@ -510,7 +508,7 @@ def resolve(
       "or schedule, or use optaxtra.scale_by_path for per-path learning-rate "
       "multipliers."
     )
-  return Hyper(fn, name, value, Range(low, high, low_open, high_open, fix))
+  return Hyper(fn, name, value, Range(**bounds))
 
 
 class PathHyper:
@@ -555,33 +553,17 @@ def resolve_by_path(
   fn: str,
   name: str,
   value: Any,
-  *,
-  low: float | None = None,
-  high: float | None = None,
-  low_open: bool = False,
-  high_open: bool = True,
-  fix: str = "",
+  **bounds: Any,
 ) -> PathHyper:
-  """A :class:`PathHyper` for a value that may be a :func:`by_path`."""
-  return PathHyper(fn, name, value, Range(low, high, low_open, high_open, fix))
+  """A :class:`PathHyper` for a value that may be a :func:`by_path`;
+  ``bounds`` as for :func:`resolve`."""
+  return PathHyper(fn, name, value, Range(**bounds))
 
 
-def constants_by_path(
-  fn: str,
-  name: str,
-  value: Any,
-  *,
-  low: float | None = None,
-  high: float | None = None,
-  low_open: bool = False,
-  high_open: bool = True,
-  fix: str = "",
-) -> PathHyper:
+def constants_by_path(fn: str, name: str, value: Any, **bounds: Any) -> PathHyper:
   """:func:`resolve_by_path` for a value that may not be a schedule (Adam's
   ``b1``, ``b2``, ``eps``): numbers and traced values, by path or not."""
-  out = resolve_by_path(
-    fn, name, value, low=low, high=high, low_open=low_open, high_open=high_open, fix=fix
-  )
+  out = resolve_by_path(fn, name, value, **bounds)
   for h in out.hypers:
     if h.is_schedule:
       raise TypeError(
