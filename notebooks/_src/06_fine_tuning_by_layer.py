@@ -110,22 +110,26 @@ print(f"test accuracy on 0-4: {accuracy(pretrained, xa_test, ya_test):.3f}")
 #   only (`path_mask(exclude=["bias"])`);
 # * `layerwise_lr_decay(0.5, num_layers=3)` multiplies the update of layer
 #   `i` by `0.5 ** (3 - i)` and leaves the head's alone;
-# * `average_params(ema_from_first_update(0.99))`, last, keeps the EMA of the
-#   weights after each update; training itself is unchanged.
+# * `with_average(..., ema_from_first_update(0.99))` around all of it keeps
+#   the EMA of the weights after each update, placed after every stage, where
+#   it must be (an average placed earlier would average the params plus an
+#   unfinished update); training itself is unchanged.
 
 # %%
 params = {**pretrained, "head": model.init(jax.random.key(1), x[:1])["params"]["head"]}
-tx = optax.chain(
-  optaxtra.with_frozen(
-    optaxtra.adamax_clipped(
-      learning_rate=0.1,
-      weight_decay=1e-2,
-      weight_decay_mask=masks.path_mask(exclude=["bias"]),
+tx = optaxtra.with_average(
+  optax.chain(
+    optaxtra.with_frozen(
+      optaxtra.adamax_clipped(
+        learning_rate=0.1,
+        weight_decay=1e-2,
+        weight_decay_mask=masks.path_mask(exclude=["bias"]),
+      ),
+      frozen="^layer_0/",
     ),
-    frozen="^layer_0/",
+    optaxtra.layerwise_lr_decay(0.5, num_layers=3),
   ),
-  optaxtra.layerwise_lr_decay(0.5, num_layers=3),
-  optaxtra.average_params(optaxtra.ema_from_first_update(0.99)),
+  optaxtra.ema_from_first_update(0.99),
 )
 print(optaxtra.describe(tx, params))
 
@@ -133,11 +137,14 @@ print(optaxtra.describe(tx, params))
 # One row per parameter, found without a training step on the real weights:
 #
 # * **trainable**: whether the optimizer moves it; `FROZEN` for `layer_0`.
-# * **decay**: whether weight decay shrinks it: the kernels, not the biases.
-# * **lr_mult**: the factor on its update from `layerwise_lr_decay`: 1 for
-#   the head, 0.5 for `layer_2`, 0.25 for `layer_1`. The 0.125 of `layer_0`
-#   multiplies a zero update.
-# * **group**: the part of `with_frozen` it belongs to.
+# * **lr**: the learning rate its update uses, every multiplier included:
+#   0.1 for the head, `0.1 * 0.5` for `layer_2`, `0.1 * 0.25` for `layer_1`.
+# * **decay**: the share of the weight that weight decay removes per step
+#   (`1e-2` times that learning rate): the kernels, not the biases (`-`).
+# * **lr_mult**: the factor on its update from `layerwise_lr_decay`. The
+#   0.125 of `layer_0` multiplies a zero update.
+# * **group**: the part of `with_frozen` it belongs to; **averaged**: whether
+#   the EMA covers it.
 # * **state_bytes**: the optimizer's memory for it. A trainable float32 entry
 #   costs 12 bytes (Adamax's two moments and the average), a frozen one 4
 #   (the average only): `64x64x4 = 16,384` for `layer_0/kernel`.
