@@ -79,13 +79,13 @@ def scale_by_adamax_clipped(
 
   .. math::
 
-    c_t &= \nu_{t-1} \cdot \text{clip\_multiplier} + \text{clip\_epsilon}
+    c_t &= \nu_{t-1} \cdot \text{clip_multiplier} + \text{clip_epsilon}
       \quad\text{(only with clip=True)} \\
     g_t &\leftarrow \operatorname{clip}(g_t, -c_t, c_t) \\
     \mu_t &= b_1 \mu_{t-1} + (1 - b_1) g_t \\
     \nu_t &= \max(b_2 \nu_{t-1}, |g_t|) \\
     u_t &= \hat\mu_t / (\nu_t + \epsilon), \quad
-      \hat\mu_t = \mu_t / (1 - b_1^t) \text{ if bias\_correction else } \mu_t
+      \hat\mu_t = \mu_t / (1 - b_1^t) \text{ if bias_correction else } \mu_t
 
   The defaults reproduce the original: no bias correction of the first moment,
   ``eps`` added outside the maximum, and, since ``nu`` starts at zero, a first

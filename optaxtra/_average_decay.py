@@ -142,7 +142,7 @@ def ema_power_warmup(
     d_t = \begin{cases}
       0 & t = 0 \\
       \operatorname{clip}\left(1 - (1 + t / \gamma^{-1})^{-p},\
-        \text{min\_decay},\ \text{decay}\right) & t \ge 1
+        \text{min_decay},\ \text{decay}\right) & t \ge 1
     \end{cases}
 
   the decay of timm's ``ModelEmaV3(model, decay, min_decay=...,

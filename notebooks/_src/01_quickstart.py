@@ -140,9 +140,18 @@ ax2.legend(loc="lower right")
 fig.tight_layout()
 
 # %% [markdown]
-# The other notebooks take one question from the users' threads each:
-# `02_watching_the_learning_rate` (the learning rate and Adam's `alpha_t`
-# during training), `03_steps_vs_epochs` (a schedule counts updates, not
-# epochs), `04_weight_decay` (L2 in the gradient vs decoupled decay vs BERT's
-# optimizer) and `05_custom_and_freezing` (writing a transformation; freezing
-# and per-group learning rates by name).
+# The other notebooks take one question each:
+#
+# * [02: watching the learning rate](02_watching_the_learning_rate.ipynb):
+#   the learning rate and Adam's `alpha_t` during training, and changing it
+#   mid-run;
+# * [03: steps vs epochs](03_steps_vs_epochs.ipynb): a schedule counts
+#   updates, not epochs;
+# * [04: weight decay](04_weight_decay.ipynb): L2 in the gradient vs decoupled
+#   decay vs BERT's optimizer;
+# * [05: custom transformations and freezing](05_custom_and_freezing.ipynb):
+#   writing a transformation; freezing and per-group learning rates by name;
+# * [06: fine-tuning by layer](06_fine_tuning_by_layer.ipynb): layer-wise
+#   learning rates, a frozen layer and an average of the weights;
+# * [07: bringing a run from PyTorch](07_bringing_a_run.ipynb): a PyTorch run
+#   continued in JAX, moments and step count included.

@@ -241,7 +241,7 @@ def cosine_decay(
 
   .. math::
     v(t) = I \left[(1 - \alpha)\, c(t) + \alpha\right]
-    \qquad\text{or, with } E = \text{end\_value}, \qquad
+    \qquad\text{or, with } E = \text{end_value}, \qquad
     v(t) = E + (I - E)\, c(t)
 
   The first is :func:`optax.cosine_decay_schedule` and Keras' ``CosineDecay``
