@@ -187,9 +187,22 @@ def test_torch_adamw_three_param_groups_lambdalr(x64, torch):
     if n in (0, 9, 49, 99):
       # What inspect reports is what the param groups held for this step.
       info = optaxtra.inspect(state)
-      for rule, group in zip([*RULES[:-1], "default"], GROUPS, strict=True):
+      for i, (rule, group) in enumerate(
+        zip([*RULES[:-1], "default"], GROUPS, strict=True)
+      ):
         lr = info[f"learning_rate[{rule}]"]
         np.testing.assert_allclose(float(lr), group["lr"] * _factor(n), rtol=1e-15)
+        # torch's group has moved on to the next step (sched.step() ran).
+        torch_lr = opt.param_groups[i]["lr"]
+        np.testing.assert_allclose(torch_lr, group["lr"] * _factor(n + 1), rtol=1e-15)
+    if n in (0, 49):
+      # describe(step=n): the update after n updates, as torch's groups make it.
+      for row in optaxtra.describe(tx, params, step=n).rows:
+        group = GROUPS[_group_of(row["path"])]
+        lr = group["lr"] * _factor(n)
+        np.testing.assert_allclose(row["learning_rate"], lr, rtol=1e-12)
+        wd = lr * group["weight_decay"]
+        np.testing.assert_allclose(row["decay_rate"], wd, rtol=1e-9, atol=1e-300)
   for path, x in zip(paths, jax.tree.leaves(p), strict=True):
     np.testing.assert_allclose(
       np.asarray(x), tensors[path].detach().numpy(), rtol=1e-12, atol=0, err_msg=path
