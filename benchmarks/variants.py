@@ -237,10 +237,10 @@ def fused_adamax_clipped(*, diagnostics=True, pack_below=0):
         mu=treedef.unflatten(out_m),
         nu=treedef.unflatten(out_v),
         clip_fraction=clip_fraction,
-        bias_correction=jnp.ones([], jnp.float32),
+        bias_correction=None,  # off, as in the reference: none recorded
       ),
       s2_cls(optax.safe_increment(s2.count), lr, s2.scale),
-      s3_cls(optax.safe_increment(s3.count), rate),
+      s3_cls(optax.safe_increment(s3.count), rate, s3.weight_decay),
     )
     return treedef.unflatten(out_u), new_state
 
