@@ -3,8 +3,9 @@
 Every fenced block opened by exactly ```` ```python ```` in a guide is run, in
 the order of the page and in one namespace per page, as a reader pasting them
 one after the other into a session would (a block shown but not run is written
-```` ```{code-block} python ````). The blocks assert what the text claims: that
-two frameworks give the same numbers, or where and by how much they differ.
+```` ```{code-block} python ````). The blocks print what the text claims (that
+two frameworks give the same numbers, or where and by how much they differ),
+and the page shows the output, so the reader sees no test code.
 
 A ```` ```text ```` block right after a Python block (blank lines between
 them, nothing else) is what that block prints: the test compares the two, line
