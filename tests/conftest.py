@@ -5,9 +5,12 @@ configuration is only ever changed inside a fixture that restores it.
 
 Tests that need a heavy optional dependency (the reference frameworks, Flax,
 Haiku, Orbax, Jupyter, plotting) are marked ``heavy``: either explicitly, or
-by using one of the fixtures in ``HEAVY_FIXTURES``, which import them. The
-quick loop ``pytest -m "not heavy"`` runs everything else with only JAX, Optax
-and NumPy installed; see _deps.py for what a missing dependency does.
+by using one of the fixtures in ``HEAVY_FIXTURES``, which import them. So are
+the tests too slow for the quick loop (runs of several processes) and most
+cases of a sweep: a parametrized test marked ``sweep(quick=[ids])`` re-checks
+one property on many inputs, and only the listed cases stay in the quick loop.
+The quick loop ``pytest -m "not heavy"`` runs everything else with only JAX,
+Optax and NumPy installed; see _deps.py for what a missing dependency does.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ def pytest_configure(config):
   config.addinivalue_line(
     "markers",
     "heavy: needs a heavy optional dependency (PyTorch, TensorFlow, Keras, Flax, "
-    "Haiku, Orbax, Jupyter, matplotlib, scikit-learn, tensorboardX); "
-    "deselect with -m 'not heavy'",
+    "Haiku, Orbax, Jupyter, matplotlib, scikit-learn, tensorboardX), or is too "
+    "slow for the quick loop; deselect with -m 'not heavy'",
+  )
+  config.addinivalue_line(
+    "markers",
+    "sweep(quick): a parametrized test re-checking one property on many inputs; "
+    "only the cases whose ids are in quick run in the quick loop, the others "
+    "are heavy",
   )
 
 
@@ -44,6 +53,11 @@ HEAVY_MODULES = frozenset(
 )
 
 
+# Checkpoints written by old releases, and the scripts that wrote them (run by
+# hand, with that release installed): data for the tests, not tests.
+collect_ignore = ["data"]
+
+
 def pytest_ignore_collect(collection_path, config):
   markexpr = config.getoption("markexpr", "") or ""
   if collection_path.name in HEAVY_MODULES and "not heavy" in markexpr:
@@ -55,6 +69,34 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.heavy)
+  _mark_sweeps(items)
+
+
+def _mark_sweeps(items):
+  """Marks heavy every case of a ``sweep`` test whose id is not a quick one.
+
+  A quick id that names no case is an error (a typo would silently move the
+  whole sweep out of the quick loop), checked where more than one case of
+  the test was collected (a single case may be asked for by its id).
+  """
+  cases: dict[tuple, list] = {}
+  for item in items:
+    marker = item.get_closest_marker("sweep")
+    if marker is None:
+      continue
+    callspec = getattr(item, "callspec", None)
+    assert callspec is not None, f"{item.nodeid}: a sweep must be parametrized"
+    quick = marker.kwargs["quick"]
+    cases.setdefault((item.path, item.originalname), [quick, set()])[1].add(callspec.id)
+    if callspec.id not in quick:
+      item.add_marker(pytest.mark.heavy)
+  for (path, name), (quick, ids) in cases.items():
+    unknown = set(quick) - ids
+    if unknown and len(ids) > 1:
+      raise pytest.UsageError(
+        f"{path.name}::{name}: the quick cases {sorted(unknown)} are not among its "
+        f"cases {sorted(ids)}"
+      )
 
 
 @pytest.fixture(scope="session")

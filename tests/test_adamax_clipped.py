@@ -56,6 +56,18 @@ _OPTIONS = {
 _EAGER = ("neural_gpu", "no_clip_bias_correction")
 
 
+@pytest.mark.sweep(
+  quick=[
+    "float32-jit-neural_gpu",
+    "float32-jit-bias_correction",
+    "float32-jit-no_clip",
+    "float32-jit-no_clip_bias_correction",
+    "bfloat16-jit-neural_gpu",
+    "float64-jit-no_clip_bias_correction",
+    "float32-eager-neural_gpu",
+    "float64-eager-no_clip_bias_correction",
+  ]
+)
 @pytest.mark.parametrize(
   ("jit", "options"),
   [pytest.param(True, o, id=f"jit-{k}") for k, o in _OPTIONS.items()]
@@ -109,6 +121,7 @@ def test_each_step_matches_reference(float_dtype, jit, options):
   assert clipped_any_later == options.get("clip", True)
 
 
+@pytest.mark.sweep(quick=["float32-True", "float64-False"])
 @pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_trajectory_matches_reference(dtype, bias_correction, request):
@@ -214,6 +227,7 @@ def test_first_step_is_clipped_to_clip_epsilon():
   np.testing.assert_allclose(float(state.clip_fraction), 2 / 5, rtol=1e-7)
 
 
+@pytest.mark.sweep(quick=["float32-False-2e-06", "float64-True-1e-14"])
 @pytest.mark.parametrize(
   ("dtype", "jit", "rtol"),
   [("float32", False, 2e-6), ("float32", True, 2e-6), ("float64", True, 1e-14)],

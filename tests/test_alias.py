@@ -89,6 +89,17 @@ def _reference(params, grads, dtype, kwargs, decay_schedule):
   )
 
 
+@pytest.mark.sweep(
+  quick=[
+    "float32-2e-06-neural_gpu",
+    "float32-2e-06-learning_rate",
+    "float32-2e-06-normalized",
+    "float32-2e-06-independent",
+    "float32-2e-06-plain_adamax",
+    "float64-1e-13-normalized",
+    "float64-1e-13-independent",
+  ]
+)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize(("dtype", "rtol"), [("float32", 2e-6), ("float64", 1e-13)])
 def test_trajectory_matches_reference(case, dtype, rtol, request):
@@ -125,6 +136,7 @@ def test_trajectory_matches_reference(case, dtype, rtol, request):
     assert any(w["clip_fraction"] > 0 for w in want[1:])
 
 
+@pytest.mark.sweep(quick=["learning_rate"])
 @pytest.mark.parametrize("case", ["neural_gpu", "learning_rate"])
 def test_eager_matches_jit(case):
   kwargs, _ = CASES[case]
@@ -447,6 +459,9 @@ def test_bad_gradients(jit):
 # --- Contract, saturation, inject_hyperparams --------------------------------
 
 
+@pytest.mark.sweep(
+  quick=["float32-normalized", "bfloat16-neural_gpu", "float64-normalized"]
+)
 @pytest.mark.parametrize("case", ["neural_gpu", "normalized"])
 def test_contract(float_dtype, case):
   kwargs, _ = CASES[case]

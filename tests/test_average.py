@@ -142,6 +142,20 @@ def _rounded(d: float, dtype: Any) -> float:
 # --- The formula, step by step -------------------------------------------------
 
 
+@pytest.mark.sweep(
+  quick=[
+    "float32-jit-ema_warmup",
+    "float32-jit-float",
+    "float32-jit-from_first_update",
+    "float32-jit-polyak",
+    "float32-jit-schedule",
+    "bfloat16-jit-schedule",
+    "float64-jit-ema_warmup",
+    "float32-eager-polyak",
+    "bfloat16-eager-float",
+    "float64-eager-from_first_update",
+  ]
+)
 @pytest.mark.parametrize("name", sorted(DECAYS))
 def test_each_step_matches_the_float64_reference(name, float_dtype, maybe_jit):
   if _OLD_JAX and float_dtype == jnp.bfloat16 and maybe_jit is jax.jit:
@@ -443,6 +457,7 @@ def _bn_grads(params):
   )
 
 
+@pytest.mark.sweep(quick=["jit-path_mask", "eager-prefix", "jit-callable"])
 @pytest.mark.parametrize(
   "mask",
   [
@@ -1009,9 +1024,12 @@ def _worker_update():
 
   cpu0 = jax.devices()[0]
   ref_p = jax.device_put(host_params, cpu0)
-  ref_s = tx.init(ref_p)
+  # Committed like the params, so that the step compiles once, not again for
+  # the committed state it returns.
+  ref_s = jax.device_put(tx.init(ref_p), cpu0)
+  ref_step = jax.jit(step)
   for g in host_grads:
-    ref_p, ref_s = jax.jit(step)(ref_p, ref_s, jax.device_put(g, cpu0))
+    ref_p, ref_s = ref_step(ref_p, ref_s, jax.device_put(g, cpu0))
 
   for explicit in (False, True):
     mesh = _mesh(explicit)

@@ -262,6 +262,7 @@ COMPLEX = {
 }
 
 
+@pytest.mark.sweep(quick=["nadam", "adamax (clip=False, eps=0)", "adamw chain"])
 @pytest.mark.parametrize("name", sorted(COMPLEX))
 def test_complex_params_follow_optax(name):
   ours, theirs = (make() for make in COMPLEX[name])

@@ -34,6 +34,19 @@ def _decay(n):
 RTOL = {"float32": 1e-6, "bfloat16": 2**-8, "float64": 1e-15}
 
 
+@pytest.mark.sweep(
+  quick=[
+    "float32-jit-constant-False",
+    "float32-jit-constant-True",
+    "float32-jit-schedule-False",
+    "float32-jit-schedule-True",
+    "bfloat16-jit-schedule-True",
+    "float64-jit-constant-False",
+    "float32-eager-schedule-False",
+    "bfloat16-eager-constant-True",
+    "float64-eager-schedule-True",
+  ]
+)
 @pytest.mark.parametrize("flip_sign", [True, False])
 @pytest.mark.parametrize("learning_rate", [0.1, _decay], ids=["constant", "schedule"])
 def test_updates_and_recorded_value(float_dtype, maybe_jit, learning_rate, flip_sign):
@@ -73,6 +86,7 @@ def test_float64_values_are_float64(x64):
       _harness.assert_close(u["w"], -lr * ref.f64(g["w"]), 1e-15)
 
 
+@pytest.mark.sweep(quick=["float32-constant", "bfloat16-schedule", "float64-schedule"])
 @pytest.mark.parametrize("learning_rate", [0.1, _decay], ids=["constant", "schedule"])
 def test_matches_optax(float_dtype, learning_rate):
   """Optax's scale_by_learning_rate gives the same updates."""
@@ -128,6 +142,7 @@ def test_integer_schedule_values_become_floats():
   assert updates.dtype == jnp.float32 and state.learning_rate.dtype == jnp.float32
 
 
+@pytest.mark.sweep(quick=["float32-schedule", "bfloat16-constant", "float64-schedule"])
 @pytest.mark.parametrize("learning_rate", [0.1, _decay], ids=["constant", "schedule"])
 def test_contract(float_dtype, learning_rate):
   tx = optaxtra.scale_by_learning_rate(learning_rate)

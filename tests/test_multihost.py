@@ -62,14 +62,19 @@ TIMEOUT_S = 300  # for each group of children, whatever they do
 # 0.4.32 was not tried).
 MIN_JAX = (0, 4, 33)
 _JAX = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)\.(\d+)", jax.__version__).groups())
-pytestmark = pytest.mark.skipif(
-  _JAX < MIN_JAX,
-  reason=(
-    f"jax {jax.__version__}'s CPU gloo collectives cannot span processes of "
-    "several devices each (the gloo context times out); multi-process CPU "
-    f"runs need jax >= {'.'.join(map(str, MIN_JAX))}"
+pytestmark = [
+  pytest.mark.skipif(
+    _JAX < MIN_JAX,
+    reason=(
+      f"jax {jax.__version__}'s CPU gloo collectives cannot span processes of "
+      "several devices each (the gloo context times out); multi-process CPU "
+      f"runs need jax >= {'.'.join(map(str, MIN_JAX))}"
+    ),
   ),
-)
+  # Five JAX processes training and compiling: about 25 s of CPU, too much for
+  # the quick loop, which checks the single-process sharding (test_sharding.py).
+  pytest.mark.heavy,
+]
 
 
 # Orbax is optional (the core suite runs without it): the 2-process training

@@ -23,6 +23,9 @@ floor): ``optax.tree.*`` is ``optax.tree_utils.*``,
 ``optax._src.numerics.abs_sq`` is written out, recompilation is detected by
 counting traces instead of reading JAX's compilation log. Where a test was
 changed beyond that (for speed, or because a dependency is gone), it says so.
+Where Optax runs one test over every optimizer and dtype, the full suite runs
+every combination and the quick loop (``-m "not heavy"``) a few of them (the
+``sweep`` marker, see conftest.py).
 
 Where a test depends on a documented difference, it says so and how it was
 adapted:
@@ -286,6 +289,9 @@ def test_rms_match_adam():
 # call" checks count traces (counting_jit) instead of reading JAX's compilation
 # log through optax._src.test_utils.log_compilations; optax.tree.map_params is
 # optax.tree_utils.tree_map_params.
+@pytest.mark.sweep(
+  quick=["adam-rosenbrock-c64", "adamax-parabola-f32", "nadam-rosenbrock-f32"]
+)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64], ids=["f32", "c64"])
 @pytest.mark.parametrize(
   "target", [setup_parabola, setup_rosenbrock], ids=["parabola", "rosenbrock"]
@@ -358,6 +364,7 @@ def test_optimizers_accept_extra_args(opt_name, opt_kwargs):
 
 # AliasTest.test_optimizers_can_be_wrapped_in_inject_hyperparams.
 # (optax.tree.unwrap_random_key_data is dropped: these states hold no keys.)
+@pytest.mark.sweep(quick=["adam", "adamax"])
 @pytest.mark.parametrize(("opt_name", "opt_kwargs"), OPTIMIZERS_UNDER_TEST, ids=OPT_IDS)
 def test_optimizers_can_be_wrapped_in_inject_hyperparams(opt_name, opt_kwargs):
   opt_factory = ALIASES[opt_name]
@@ -403,6 +410,7 @@ def test_explicit_dtype(params_dtype, state_dtype):
 
 
 # AliasTest.test_preserve_dtype.
+@pytest.mark.sweep(quick=["adam-bfloat16", "adamax-bfloat16"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize(("opt_name", "opt_kwargs"), OPTIMIZERS_UNDER_TEST, ids=OPT_IDS)
 def test_preserve_dtype(opt_name, opt_kwargs, dtype):
@@ -424,6 +432,7 @@ def test_preserve_dtype(opt_name, opt_kwargs, dtype):
 # x64_precision is the local x64_precision. For float16/bfloat16 optaxtra keeps
 # nu in float32 (documented); the test only asks that the state's types do not
 # change across updates, which holds either way.
+@pytest.mark.sweep(quick=["adam-f16", "adamax-bf16", "nadam-c64"])
 @pytest.mark.parametrize(
   "dtype",
   [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64, jnp.complex128],
@@ -469,6 +478,7 @@ def test_state_shape_dtype_shard_stability(opt_name, opt_kwargs, dtype):
 
 
 # AliasTest.test_gradient_accumulation.
+@pytest.mark.sweep(quick=["adam-bfloat16", "adamax-float32"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize(("opt_name", "opt_kwargs"), OPTIMIZERS_UNDER_TEST, ids=OPT_IDS)
 def test_gradient_accumulation(opt_name, opt_kwargs, dtype):
@@ -717,6 +727,7 @@ def _explicit_mesh():
 
 
 # ShardingTest.test_state_sharding_type_init_match_update.
+@pytest.mark.sweep(quick=["adam", "adamax"])
 @pytest.mark.parametrize(
   "optimizer", SHARDING_OPTIMIZERS.values(), ids=list(SHARDING_OPTIMIZERS)
 )
@@ -736,6 +747,7 @@ def test_state_sharding_type_init_match_update(optimizer):
 
 
 # ShardingTest.test_state_sharding_type_preserved_with_jit.
+@pytest.mark.sweep(quick=["adam", "adamax"])
 @pytest.mark.parametrize(
   "optimizer", SHARDING_OPTIMIZERS.values(), ids=list(SHARDING_OPTIMIZERS)
 )
@@ -856,6 +868,7 @@ OLD_MULTISTEPS = (
 
 # AccumulationTest.test_multi_steps_mixed_precision (OPTIMIZERS_TO_TEST: adam,
 # and adam with mu_dtype=float32).
+@pytest.mark.sweep(quick=["adam"])
 @pytest.mark.xfail(
   OLD_MULTISTEPS,
   strict=True,
@@ -1016,6 +1029,7 @@ def _jax_adam_params():
 # 'adam' cases (a float learning rate and a constant schedule), against
 # jax.example_libraries.optimizers.adam (jax.experimental.optimizers then).
 # chex.all_variants becomes jitted and eager runs.
+@pytest.mark.sweep(quick=["lr-jit", "lr_sched-eager"])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("learning_rate", [LR, lambda _: LR], ids=["lr", "lr_sched"])
 def test_jax_optimizer_equivalent(learning_rate, jit):
@@ -1104,6 +1118,7 @@ def test_constant_hyperparams():
 
 
 # InjectHyperparamsTest.test_numeric_static_args.
+@pytest.mark.sweep(quick=["one_arg"])
 @pytest.mark.parametrize(
   "static_args", ["b1", ["b1", "b2"]], ids=["one_arg", "two_arg"]
 )
@@ -1124,6 +1139,7 @@ def test_numeric_static_args(static_args):
 # hyperparameters are bfloat16: optaxtra refuses float hyperparameters narrower
 # than float32 with TypeError (documented in optaxtra.scale_by_adam: in
 # bfloat16 b2=0.999 is 1.0), where Optax runs; those cases check the refusal.
+@pytest.mark.sweep(quick=["bf16hyp f32param bf16grad", "f32hyp bf16param bf16grad"])
 @pytest.mark.parametrize(
   ("hyperparam_dtype", "param_dtype", "grad_dtype"),
   [
@@ -1501,6 +1517,7 @@ def test_with_giant_int_steps():
 # ScheduleAsLearningRateTest.test_optimization, for adam, nadam and adamax.
 # Adapted: Optax skips optimizers whose learning_rate is not annotated as
 # ScalarOrSchedule; these all take a schedule, so the check is dropped.
+@pytest.mark.sweep(quick=["adam"])
 @pytest.mark.parametrize(("opt_name", "opt_kwargs"), OPTIMIZERS_UNDER_TEST, ids=OPT_IDS)
 def test_schedule_as_learning_rate(opt_name, opt_kwargs):
   opt_setup = ALIASES[opt_name]

@@ -11,12 +11,15 @@ A sharded state checkpointed with Orbax resumes bit for bit, in place.
 
 The checks run on 8 simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) in a subprocess, so
-that the rest of the test suite keeps its single device. Run this file as a
-script with a case name to execute one case directly.
+that the rest of the test suite keeps its single device: one subprocess per
+test process runs every case, one after another (``run_case``). Run this file
+as a script with a case name to execute one case directly.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
 import subprocess
@@ -244,32 +247,58 @@ def _worker_tree_map_params_with_decay_mask():
   _check_state_follows_params("adamax_clipped", state, params, "masked")
 
 
-def _update_case(explicit):
+def _step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+@functools.cache
+def _one_device_run(name):
+  """The three steps of ``name`` on one device: what every mesh must compute
+  (computed once, for both kinds of mesh)."""
+  cpu0 = jax.devices()[0]
+  tx = _transforms()[name]
+  params = jax.device_put(_host_values(0), cpu0)
+  # Committed to the device like the params, so that the jitted step compiles
+  # once, not again for the committed state it returns.
+  state = jax.device_put(tx.init(params), cpu0)
+  step = jax.jit(_step(tx))
+  for seed in (1, 2, 3):
+    params, state = step(params, state, jax.device_put(_host_values(seed, 0.1), cpu0))
+  return params, state
+
+
+# The transformations whose sharded update every quick run checks on each kind
+# of mesh; the full suite checks the others too.
+QUICK_UPDATES = {
+  False: ["adamax_clipped", "adamax_default", "chain_adam"],
+  True: ["adamax_clipped"],
+}
+
+
+def _update_case(explicit, names):
   mesh = _mesh(explicit=explicit)
   host_params = _host_values(0)
   host_grads = [_host_values(seed, scale=0.1) for seed in (1, 2, 3)]
-  cpu0 = jax.devices()[0]
 
-  for name, tx in _transforms().items():
-
-    def step(params, state, grads, tx=tx):
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
-
-    # The same three steps on one device, as the reference.
-    ref_p = jax.device_put(host_params, cpu0)
-    ref_s = tx.init(ref_p)
-    for g in host_grads:
-      ref_p, ref_s = jax.jit(step)(ref_p, ref_s, jax.device_put(g, cpu0))
+  for name in names:
+    tx = _transforms()[name]
+    step = _step(tx)
+    ref_p, ref_s = _one_device_run(name)
 
     with _use_mesh(mesh):
       params = _place(mesh, host_params)
       state = tx.init(params)
       grads = [_place(mesh, g) for g in host_grads]
-      jitted = jax.jit(step, donate_argnums=(0, 1))
-      hlo = jitted.lower(params, state, grads[0]).compile().as_text()
+      # The program checked below is the one that runs.
+      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads[0])
+      compiled = compiled.compile()
+      hlo = compiled.as_text()
       for g in grads:
-        params, state = jitted(params, state, g)
+        params, state = compiled(params, state, g)
 
     for op, size, line in collectives(hlo):
       assert op == "all-reduce" and size == 1, (
@@ -307,11 +336,18 @@ def _update_case(explicit):
 
 
 def _worker_update_auto_mesh():
-  _update_case(explicit=False)
+  _update_case(False, QUICK_UPDATES[False])
 
 
 def _worker_update_explicit_mesh():
-  _update_case(explicit=True)
+  _update_case(True, QUICK_UPDATES[True])
+
+
+def _worker_update_every_transform():
+  for explicit in (False, True) if HAS_AXIS_TYPES else (False,):
+    _update_case(
+      explicit, [n for n in _transforms() if n not in QUICK_UPDATES[explicit]]
+    )
 
 
 def _worker_collective_detector_sees_an_all_gather():
@@ -395,26 +431,122 @@ def xla_flags(devices: int = NUM_DEVICES) -> str:
   return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
 
 
+# ---------------------------------------------------------------- the runner
+# One 8-device process per test process runs every case (of this file and of
+# the other files that call run_case), one after another: JAX, the backend and
+# the programs the cases share are set up once, not once per case. A case
+# that fails, crashes the process or hangs fails alone; the next case starts a
+# fresh process.
+
+
+def _serve() -> None:
+  """The 8-device process: runs ``{"script", "case"}`` requests read from stdin.
+
+  Each reply is one JSON line on stdout; what a case prints goes to stderr.
+  """
+  import contextlib
+  import importlib
+  import json
+  import traceback
+
+  os.environ["XLA_FLAGS"] = xla_flags()
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  replies = sys.stdout
+  for line in sys.stdin:
+    request = json.loads(line)
+    folder, name = os.path.split(os.path.splitext(request["script"])[0])
+    if folder not in sys.path:
+      sys.path.insert(0, folder)
+    try:
+      with contextlib.redirect_stdout(sys.stderr):
+        getattr(importlib.import_module(name), f"_worker_{request['case']}")()
+      reply = {"ok": True}
+    except Exception:  # reported to the test, which fails
+      reply = {"ok": False, "error": traceback.format_exc()}
+    sys.stderr.flush()
+    replies.write(json.dumps(reply) + "\n")
+    replies.flush()
+
+
+class _Runner:
+  """The 8-device process of this test process, started on first use."""
+
+  def __init__(self) -> None:
+    self.proc: subprocess.Popen | None = None
+    self.log = None
+
+  def start(self) -> None:
+    import tempfile
+
+    self.log = tempfile.TemporaryFile("w+")  # its stderr, for failure reports
+    env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu")
+    self.proc = subprocess.Popen(
+      [sys.executable, __file__, "--serve"],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self.log,
+      text=True,
+      env=env,
+    )
+
+  def stop(self) -> None:
+    if self.proc is not None:
+      self.proc.kill()
+      self.proc.wait()
+      self.proc = None
+    if self.log is not None:
+      self.log.close()
+      self.log = None
+
+  def output(self, since: int) -> str:
+    assert self.log is not None
+    self.log.seek(since)
+    return self.log.read()[-8000:]
+
+  def run(self, script: str, case: str, timeout: float) -> None:
+    import json
+    import select
+
+    if self.proc is None or self.proc.poll() is not None:
+      self.stop()
+      self.start()
+    assert self.proc is not None and self.proc.stdin and self.proc.stdout
+    assert self.log is not None
+    since = self.log.seek(0, os.SEEK_END)
+    request = {"script": os.path.abspath(script), "case": case}
+    where = f"case {case} of {os.path.basename(script)}, {NUM_DEVICES} CPU devices"
+    try:
+      self.proc.stdin.write(json.dumps(request) + "\n")
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      pass  # it died: the read below reports it
+    ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+    line = self.proc.stdout.readline() if ready else ""
+    if not line:
+      what = f"timed out after {timeout} s" if not ready else "the process died"
+      self.proc.kill()
+      self.proc.wait()
+      report = (
+        f"{where}: {what} (exit code {self.proc.returncode}):\n{self.output(since)}"
+      )
+      self.stop()
+      raise AssertionError(report)
+    reply = json.loads(line)
+    assert reply["ok"], f"{where} failed:\n{reply['error']}\n{self.output(since)}"
+
+
+_runner = _Runner()
+atexit.register(_runner.stop)
+
+
+def run_case(script: str, case: str, *, timeout: float = 600) -> None:
+  """Runs ``_worker_<case>()`` of the test file ``script`` with NUM_DEVICES CPU
+  devices, in this test process's 8-device process; fails with the case's
+  traceback and output unless it returns."""
+  _runner.run(script, case, timeout)
+
+
 # ---------------------------------------------------------------- the tests
-
-
-def run_case(script: str, case: str) -> None:
-  """Runs ``python script case`` with NUM_DEVICES CPU devices; fails with its
-  output unless it exits 0 and prints that the case is ok."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, script, case],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
-  assert proc.returncode == 0, (
-    f"case {case} failed in the {NUM_DEVICES}-device subprocess:\n"
-    f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-  )
-  assert f'"case": "{case}", "ok": true' in proc.stdout
 
 
 def _in_subprocess(case: str) -> None:
@@ -451,6 +583,11 @@ def test_sharded_update_moves_only_scalars_explicit_mesh():
   _in_subprocess("update_explicit_mesh")
 
 
+@pytest.mark.heavy  # the same checks for the other transformations
+def test_sharded_update_moves_only_scalars_every_transform():
+  _in_subprocess("update_every_transform")
+
+
 @pytest.mark.heavy  # Orbax
 def test_sharded_checkpoint_resumes_bit_for_bit():
   _in_subprocess("checkpoint_resume_sharded")
@@ -475,4 +612,7 @@ def test_collectives_parser():
 
 
 if __name__ == "__main__":
-  _run_worker(sys.argv[1])
+  if sys.argv[1] == "--serve":
+    _serve()
+  else:
+    _run_worker(sys.argv[1])

@@ -55,6 +55,20 @@ def _np(schedule):
 # --- The equation, step by step ----------------------------------------------
 
 
+@pytest.mark.sweep(
+  quick=[
+    "float32-jit-both_schedules",
+    "float32-jit-constant_coupling",
+    "float32-jit-independent",
+    "float32-jit-lr_coupling",
+    "float32-jit-wd_schedule",
+    "bfloat16-jit-both_schedules",
+    "float64-jit-lr_coupling",
+    "float32-eager-wd_schedule",
+    "bfloat16-eager-independent",
+    "float64-eager-constant_coupling",
+  ]
+)
 @pytest.mark.parametrize(
   ("weight_decay", "schedule"),
   [(0.01, None), (0.01, 0.1), (_wd, _lr), (0.1, _lr), (_wd, None)],

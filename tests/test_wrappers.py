@@ -13,6 +13,7 @@ apply_if_finite's ``cond``, the body of a ``lax.scan``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import _harness
@@ -68,6 +69,14 @@ wrapped_transforms = pytest.mark.parametrize(
     for wrapper in ("multisteps", "apply_if_finite")
     for name in ("adamax_clipped", "chain_adam")
   ],
+)
+# The quick loop runs each check on the two chains, which hold every
+# transformation between them, and under a wrapper each wrapper with one chain;
+# the full suite runs every case (each transformation's own contract test
+# already runs it bare under lax.scan).
+on_the_chains = pytest.mark.sweep(quick=["adamax_clipped", "chain_adam"])
+wrapped_chains = pytest.mark.sweep(
+  quick=["multisteps-chain_adam", "apply_if_finite-adamax_clipped"]
 )
 
 
@@ -134,18 +143,27 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+@functools.cache
+def _bare(name):
+  """The bare transformation and its jitted update: the reference every test
+  below compares a wrapper with, compiled once per test process."""
+  tx = TRANSFORMS[name]()
+  return tx, jax.jit(tx.update)
+
+
 # ------------------------------------------------------------- MultiSteps
 
 
+@on_the_chains
 @transform_names
 def test_multisteps_of_two_equals_one_step_on_the_mean_gradient(name):
   k, windows = 2, 3
   multi = optax.MultiSteps(TRANSFORMS[name](), every_k_schedule=k)
-  ref = TRANSFORMS[name]()
+  ref, ref_update = _bare(name)
   grads = _grads(k * windows)
   p_multi = p_ref = _params()
   s_multi, s_ref = multi.init(p_multi), ref.init(p_ref)
-  multi_update, ref_update = jax.jit(multi.update), jax.jit(ref.update)
+  multi_update = jax.jit(multi.update)
   for w in range(windows):
     for j in range(k):
       u, s_multi = multi_update(grads[w * k + j], s_multi, p_multi)
@@ -175,17 +193,18 @@ def test_multisteps_of_two_equals_one_step_on_the_mean_gradient(name):
     )
 
 
+@pytest.mark.sweep(quick=["chain_adam"])
 @pytest.mark.parametrize("name", ["adamax_clipped", "chain_adam"])
 def test_multisteps_of_three_matches_the_mean_gradient(name):
   # The running mean over three micro-batches rounds (division by 3), so the
   # comparison is to float32 precision rather than bit for bit.
   k = 3
   multi = optax.MultiSteps(TRANSFORMS[name](), every_k_schedule=k)
-  ref = TRANSFORMS[name]()
+  ref, ref_update = _bare(name)
   grads = _grads(2 * k, seed=2)
   p_multi = p_ref = _params()
   s_multi, s_ref = multi.init(p_multi), ref.init(p_ref)
-  multi_update, ref_update = jax.jit(multi.update), jax.jit(ref.update)
+  multi_update = jax.jit(multi.update)
   for w in range(2):
     for g in grads[w * k : (w + 1) * k]:
       u, s_multi = multi_update(g, s_multi, p_multi)
@@ -211,17 +230,18 @@ def test_multisteps_of_three_matches_the_mean_gradient(name):
 # ---------------------------------------------------------- apply_if_finite
 
 
+@on_the_chains
 @transform_names
 def test_apply_if_finite_skips_a_bad_step_and_leaves_state_unchanged(name):
   guarded = optax.apply_if_finite(TRANSFORMS[name](), max_consecutive_errors=5)
-  ref = TRANSFORMS[name]()
+  ref, ref_update = _bare(name)
   good = _grads(3)
   nan = jax.tree.map(lambda g: g.at[0].set(jnp.nan), good[0])
   inf = jax.tree.map(lambda g: g.at[-1].set(-jnp.inf), good[1])
   sequence = [good[0], nan, good[1], inf, nan, good[2]]
   p_guard = p_ref = _params()
   s_guard, s_ref = guarded.init(p_guard), ref.init(p_ref)
-  guarded_update, ref_update = jax.jit(guarded.update), jax.jit(ref.update)
+  guarded_update = jax.jit(guarded.update)
   skipped = 0
   for g in sequence:
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
@@ -256,6 +276,31 @@ def _train_step(tx):
   return step
 
 
+def _loop_grads(wrapper):
+  grads = _grads(NUM_STEPS)
+  if wrapper == "apply_if_finite":  # exercise the branch that skips a step
+    grads[2] = jax.tree.map(lambda g: g * jnp.nan, grads[2])
+  return grads
+
+
+@functools.cache
+def _python_loop(wrapper, name):
+  """The jitted step called from Python over ``_loop_grads(wrapper)``: the
+  carries after each step and the updates of each, the reference of the
+  scan and donation tests (computed once per test process)."""
+  tx = _wrap(TRANSFORMS[name](), wrapper)
+  params = _params()
+  carry = (params, tx.init(params))
+  jitted = jax.jit(_train_step(tx))
+  carries, updates = [], []
+  for g in _loop_grads(wrapper):
+    carry, u = jitted(carry, g)
+    carries.append(carry)
+    updates.append(u)
+  return carries, updates
+
+
+@wrapped_chains
 @wrapped_transforms
 def test_scan_equals_a_python_loop(name, wrapper):
   # The scan body is compiled inside a while loop: another program than the
@@ -264,53 +309,37 @@ def test_scan_equals_a_python_loop(name, wrapper):
   tx = _wrap(TRANSFORMS[name](), wrapper)
   step = _train_step(tx)
   params = _params()
-  grads = _grads(NUM_STEPS)
-  if wrapper == "apply_if_finite":  # exercise the branch that skips a step
-    grads[2] = jax.tree.map(lambda g: g * jnp.nan, grads[2])
-
-  carry = (params, tx.init(params))
-  jitted = jax.jit(step)
-  loop_updates = []
-  for g in grads:
-    carry, u = jitted(carry, g)
-    loop_updates.append(u)
+  carries, loop_updates = _python_loop(wrapper, name)
 
   scanned = jax.jit(lambda c, gs: jax.lax.scan(step, c, gs))
-  scan_carry, scan_updates = scanned((params, tx.init(params)), _stack(grads))
+  scan_carry, scan_updates = scanned(
+    (params, tx.init(params)), _stack(_loop_grads(wrapper))
+  )
 
   ulps = _harness.cross_program_ulps(NUM_STEPS)
-  _assert_trees_equal(scan_carry, carry, "carry", maxulp=ulps)
+  _assert_trees_equal(scan_carry, carries[-1], "carry", maxulp=ulps)
   _assert_trees_equal(scan_updates, _stack(loop_updates), "updates", maxulp=ulps)
 
 
 # ---------------------------------------------------------------- donation
 
 
+@wrapped_chains
 @wrapped_transforms
 def test_donated_params_and_state_are_reused_without_warning(name, wrapper):
   tx = _wrap(TRANSFORMS[name](), wrapper)
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  grads = _grads(3)
-  # The reference: the same steps without donation.
-  ref_params = _params()
-  ref_state = tx.init(ref_params)
-  plain = jax.jit(step)
-  for g in grads:
-    ref_params, ref_state = plain(ref_params, ref_state, g)
-
-  donating = jax.jit(step, donate_argnums=(0, 1))
+  # The reference: the same steps without donation (with apply_if_finite, a
+  # skipped step among them).
+  reference, _ = _python_loop(wrapper, name)
+  donating = jax.jit(_train_step(tx), donate_argnums=(0,))
   params = _params()
-  state = tx.init(params)
+  carry = (params, tx.init(params))
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    for g in grads:
-      old = (params, state)
-      params, state = donating(params, state, g)
-      jax.block_until_ready((params, state))
+    for i, g in enumerate(_loop_grads(wrapper)):
+      old = carry
+      carry, _ = donating(carry, g)
+      jax.block_until_ready(carry)
       # Every parameter-sized buffer was handed over: the old params, moments
       # and accumulators are gone. (A scalar that the update only writes, such
       # as the recorded learning rate, is pruned from the inputs by jit and
@@ -318,13 +347,13 @@ def test_donated_params_and_state_are_reused_without_warning(name, wrapper):
       for path, leaf in jax.tree_util.tree_flatten_with_path(old)[0]:
         if leaf.ndim:
           assert leaf.is_deleted(), jax.tree_util.keystr(path)
+      _assert_trees_equal(carry[0], reference[i][0], f"params after step {i}")
+      _assert_trees_equal(carry[1], reference[i][1], f"state after step {i}")
   messages = [str(w.message) for w in caught]
   assert not [m for m in messages if "donat" in m], messages
-  _assert_trees_equal(params, ref_params, "params")
-  _assert_trees_equal(state, ref_state, "state")
 
 
-@transform_names
+@transform_names  # cheap: every one, in the quick loop too
 def test_init_state_shares_no_buffer_with_params(name):
   # A state leaf that *is* a params buffer would be donated twice.
   params = _params()
