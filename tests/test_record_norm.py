@@ -186,7 +186,8 @@ def test_refuses_other_states_and_integer_updates():
   tx = optaxtra.record_norm("a")
   with pytest.raises(
     TypeError,
-    match=r"expected the state made by its init, .*RecordNormState\['a'\], got another class of the same name",
+    match=r"expected the state made by its init, .*RecordNormState\['a'\], got "
+    r"another class of the same name",
   ):
     tx.update(jnp.ones(2), optaxtra.record_norm("b").init(None))
   with pytest.raises(TypeError, match="has dtype int32"):

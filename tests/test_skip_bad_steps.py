@@ -305,9 +305,13 @@ def test_a_bad_value_skips_and_a_good_one_reaches_reduce_on_plateau():
   plain = optaxtra.skip_bad_steps(optax.sgd(0.1))
   _, s = plain.update(g, plain.init(params), params, value=jnp.float32(jnp.nan))
   assert int(s.skipped_steps) == 1
-  with pytest.raises(TypeError, match="skip_bad_steps: value must be a (real )?number"):
+  with pytest.raises(
+    TypeError, match=r"skip_bad_steps: value must be a (real )?number"
+  ):
     plain.update(g, s, params, value="loss")
-  with pytest.raises(TypeError, match="skip_bad_steps: value must be a (real )?number"):
+  with pytest.raises(
+    TypeError, match=r"skip_bad_steps: value must be a (real )?number"
+  ):
     plain.update(g, s, params, value=jnp.array(True))
 
 
