@@ -37,6 +37,13 @@ def _scale_step(g, mu, nu, t, **hyper):
   [(True, True), (True, False), (False, True)],  # eager: the bias-corrected case
   ids=["jit-bias_correction", "jit-no_bias_correction", "eager-bias_correction"],
 )
+@pytest.mark.sweep(
+  quick=[
+    "float32-eager-bias_correction",
+    "bfloat16-jit-no_bias_correction",
+    "float64-jit-bias_correction",
+  ]
+)
 def test_each_step_matches_reference(float_dtype, jit, bias_correction):
   """Every update and moment, from the implementation's own state."""
   hyper = {**HYPER, "bias_correction": bias_correction}
@@ -104,6 +111,7 @@ def test_float64_bias_correction_factor_is_float64(x64):
   ("dtype", "jit", "rtol"),
   [("float32", False, 5e-5), ("float32", True, 5e-5), ("float64", True, 1e-14)],
 )
+@pytest.mark.sweep(quick=["float32-False-5e-05", "float64-True-1e-14"])
 def test_matches_optax_scale_by_adam(dtype, jit, rtol, request):
   """bias_correction=True is Optax's Adam, eps_root included.
 
@@ -175,6 +183,7 @@ def test_mu_dtype(params_dtype, mu_dtype):
     state = new_state
 
 
+@pytest.mark.sweep(quick=["bfloat16"])  # the dtypes' values: each step above
 def test_contract(float_dtype):
   tx = optaxtra.scale_by_adam(**HYPER)
   _harness.check_contract(tx, _params(float_dtype), _grads(float_dtype))

@@ -527,6 +527,10 @@ _ALL_A = {k: "a" for k in SHAPES}  # partition labels: one group
     "apply_if_finite",
   ],
 )
+# Quick: each wrapper kind once (every wrapper holds the injected inner one).
+@pytest.mark.sweep(
+  quick=["adamax_clipped", "masked", "multi_transform", "multisteps", "apply_if_finite"]
+)
 def test_own_states_report_as_before(make, keys):
   tx = make()
   _, infos, _ = _run(tx, _params(), ref.spiky_grads(10, SHAPES, 2))

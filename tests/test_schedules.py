@@ -316,6 +316,7 @@ BOUNDARIES = [
 ]
 
 
+@pytest.mark.sweep(quick=["16777218-8388609-2-eager", "2147483646-1073741823-2-jit"])
 @JIT
 @pytest.mark.parametrize(("b", "T", "q"), BOUNDARIES)
 def test_staircase_exact_near_large_steps(b, T, q, jit):
@@ -409,6 +410,12 @@ CATALOG = {
 }
 
 
+# One schedule of each kind in the quick loop: join runs constant and cosine,
+# warmup polynomial, per_epoch the exponential staircase.
+QUICK_CATALOG = ["join", "per_epoch", "piecewise", "warmup"]
+
+
+@pytest.mark.sweep(quick=QUICK_CATALOG)
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_pure_function_of_any_step_shape(name):
   s = CATALOG[name]()
@@ -429,13 +436,19 @@ def test_pure_function_of_any_step_shape(name):
   np.testing.assert_allclose(S.sample(s, 48), flat, **same)
 
 
-def test_float64_under_x64(x64):
+@pytest.mark.sweep(quick=QUICK_CATALOG)
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_float64_under_x64(x64, name):
   del x64
   steps = jnp.arange(48)  # int64 under x64
-  for name, make in CATALOG.items():
-    s = make()
-    assert jax.jit(s)(steps).dtype == jnp.float64, name
-    assert jax.jit(s)(steps.astype(jnp.int32)).dtype == jnp.float64, name
+  s = CATALOG[name]()
+  assert jax.jit(s)(steps).dtype == jnp.float64, name
+  assert jax.jit(s)(steps.astype(jnp.int32)).dtype == jnp.float64, name
+
+
+def test_float64_eagerly_and_float32_values_under_x64(x64):
+  del x64
+  steps = jnp.arange(48)  # int64 under x64
   assert CATALOG["warmup"]()(steps).dtype == jnp.float64  # eager too
   # Values given as float32 arrays stay float32.
   f32 = S.exponential_decay(jnp.float32(1.0), 10, jnp.float32(0.9))
@@ -903,6 +916,17 @@ X64_STEPS = {
 }
 
 
+@pytest.mark.sweep(
+  quick=[
+    "cosine",
+    "exponential-staircase",
+    "join",
+    "per_epoch-smooth",
+    "piecewise",
+    "polynomial-cycle",
+    "warmup",
+  ]
+)
 @pytest.mark.parametrize("case", sorted(X64_STEPS))
 def test_int64_steps_are_exact_under_x64(x64, case):
   del x64

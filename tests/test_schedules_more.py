@@ -333,6 +333,7 @@ def test_one_cycle_optax_is_a_step_longer():
 # float64 references.
 
 
+@pytest.mark.sweep(quick=["50-1-0.7-0.01-eager", "7-3-0.6-0.05-jit"])
 @JIT
 @pytest.mark.parametrize(
   ("period", "period_mul", "value_mul", "end"),
@@ -396,6 +397,13 @@ def test_timm_and_torch_closed_form_restart_a_step_late(torch):
   np.testing.assert_allclose(call(S.cosine_restarts(1.0, 1, period_mul=10), [t]), 1.0)
 
 
+@pytest.mark.sweep(
+  quick=[
+    "300-2000-700-0.0-0.0-linear-eager",
+    "0-100-3000-0.0-0.001-cosine-jit",
+    "77-0-1234-0.001-0.01-sqrt-jit",
+  ]
+)
 @JIT
 @pytest.mark.parametrize("shape", ["linear", "cosine", "sqrt"])
 @pytest.mark.parametrize(
@@ -456,11 +464,18 @@ BOUNDARIES = [
 ]
 
 
+# One boundary eagerly and one jitted in the quick loop.
+NEAR_LARGE_STEPS = pytest.mark.sweep(
+  quick=["16777218-8388609-2-eager", "2147483646-1073741823-2-jit"]
+)
+
+
 def around(b):
   steps = np.array([b - 3, b - 2, b - 1, b, b + 1])
   return steps[steps <= INT32_MAX]
 
 
+@NEAR_LARGE_STEPS
 @JIT
 @pytest.mark.parametrize(("b", "T", "q"), BOUNDARIES)
 def test_cosine_restarts_exact_near_large_steps(b, T, q, jit):
@@ -479,6 +494,7 @@ def test_cosine_restarts_exact_near_large_steps(b, T, q, jit):
     assert got[3] == 1.0 and got[2] < 1e-12
 
 
+@NEAR_LARGE_STEPS
 @JIT
 @pytest.mark.parametrize(("b", "T", "q"), BOUNDARIES)
 def test_one_cycle_exact_near_large_steps(b, T, q, jit):
@@ -520,6 +536,7 @@ def test_one_cycle_exact_near_large_steps(b, T, q, jit):
   assert got[2] == got[3] == MIN32 and got[0] > got[1] > got[2]
 
 
+@NEAR_LARGE_STEPS
 @JIT
 @pytest.mark.parametrize(("b", "T", "q"), BOUNDARIES)
 def test_warmup_ends_exact_near_large_steps(b, T, q, jit):
@@ -568,6 +585,12 @@ CATALOG = {
 }
 
 
+# One schedule of each family in the quick loop (per_epoch_one_cycle and join
+# run one_cycle and inverse_sqrt too).
+QUICK_CATALOG = ["join", "per_epoch_one_cycle", "restarts_mul", "wsd"]
+
+
+@pytest.mark.sweep(quick=QUICK_CATALOG)
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_pure_function_of_any_step_shape(name):
   s = CATALOG[name]()
@@ -605,15 +628,20 @@ def test_per_epoch_composition():
   np.testing.assert_allclose(S.sample(lr, 300), want, rtol=1e-6, atol=1e-7)
 
 
-def test_float64_under_x64(x64):
+@pytest.mark.sweep(quick=QUICK_CATALOG)
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_float64_under_x64(x64, name):
   del x64
   steps = jnp.arange(48)  # int64 under x64
-  for name, make in CATALOG.items():
-    s = make()
-    assert jax.jit(s)(steps).dtype == jnp.float64, name
-    assert jax.jit(s)(steps.astype(jnp.int32)).dtype == jnp.float64, name
-    assert s(steps).dtype == jnp.float64, name
-  # Values given as float32 arrays stay float32.
+  s = CATALOG[name]()
+  assert jax.jit(s)(steps).dtype == jnp.float64, name
+  assert jax.jit(s)(steps.astype(jnp.int32)).dtype == jnp.float64, name
+  assert s(steps).dtype == jnp.float64, name
+
+
+def test_float32_values_stay_float32_under_x64(x64):
+  del x64
+  steps = jnp.arange(48)  # int64 under x64
   one = jnp.float32(1.0)
   assert S.one_cycle(one, 10, div_factor=one, final_div_factor=one)(steps).dtype == (
     jnp.float32
@@ -721,6 +749,7 @@ X64_STEPS = {  # (ours, int64 steps, the float64 values)
 }
 
 
+@pytest.mark.sweep(quick=["inverse_sqrt", "one_cycle", "restarts_mul", "wsd"])
 @pytest.mark.parametrize("case", sorted(X64_STEPS))
 def test_int64_steps_are_exact_under_x64(x64, case):
   del x64

@@ -243,6 +243,8 @@ def test_a_skipped_step_leaves_the_inner_state_bit_identical():
   )
 
 
+# float64 params hold float64, bfloat16 and float32 leaves: every dtype at once.
+@pytest.mark.sweep(quick=["float64"])
 def test_zero_updates_in_the_params_dtypes(float_dtype):
   params = {
     "w": jnp.ones((2, 3), float_dtype),
@@ -618,6 +620,9 @@ def _worker_sharded():
   assert updates["w"].sharding.is_equivalent_to(params["w"].sharding, 2)
 
 
+# A process of its own, too slow for the quick loop; test_sharding.py checks
+# the same of every transformation's update there.
+@pytest.mark.heavy
 def test_sharded_params_only_scalars_are_reduced_across_devices():
   flags = os.environ.get("XLA_FLAGS", "")
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)

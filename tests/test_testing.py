@@ -73,6 +73,17 @@ OPTAXTRA = {
 }
 
 
+# Quick: each of optaxtra's transformations once, each with its options.
+@pytest.mark.sweep(
+  quick=[
+    "add_decayed_weights_decoupled",
+    "inject_adamax_clipped",
+    "scale_by_adam_no_bc",
+    "scale_by_adamax_clipped_bc_noclip",
+    "scale_by_learning_rate_schedule",
+    "scale_by_schedule",
+  ]
+)
 @pytest.mark.parametrize("name", sorted(OPTAXTRA))
 def test_optaxtra_transformations_pass(name):
   # inject_hyperparams gives bfloat16 leaves float32 updates (see below).
@@ -109,6 +120,17 @@ OPTAX = {
 }
 
 
+# Quick: a factored state, injected hyperparameters, a masked chain and the
+# two wrappers that count.
+@pytest.mark.sweep(
+  quick=[
+    "adafactor",
+    "apply_if_finite",
+    "inject_adam",
+    "masked_clip_chain",
+    "multisteps",
+  ]
+)
 @pytest.mark.parametrize("name", sorted(OPTAX))
 def test_optax_aliases_pass(name):
   check_transformation(OPTAX[name](), _params())
