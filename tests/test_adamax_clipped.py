@@ -311,6 +311,7 @@ def test_clip_fraction_state():
   assert float(state.clip_fraction) == 0.0
 
 
+@pytest.mark.sweep(quick=["bfloat16"])  # every dtype's values: each step above
 def test_contract(float_dtype):
   tx = _tracked_scale_by_adamax_clipped(**HYPER)
   _harness.check_contract(tx, _params(float_dtype), _grads(float_dtype))

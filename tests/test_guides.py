@@ -96,6 +96,9 @@ def test_code_lines_fit_the_page(path):
       assert len(text) <= 88, f"{path.name}:{line + i}: {len(text)} columns"
 
 
+# Three pages stay in the quick loop (the learning rate, param groups, bad
+# steps: the new behaviour and the most-read); every page runs in the full suite.
+@pytest.mark.sweep(quick=["learning_rate", "param_groups", "bad_steps"])
 @pytest.mark.parametrize("path", GUIDES, ids=_ids(GUIDES))
 def test_guide_core_blocks(path):
   """The blocks that need only JAX, Optax and NumPy, in order."""

@@ -390,6 +390,9 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(opt_name, opt_kwargs):
 
 # AliasTest.test_explicit_dtype, the 'adam' case (mu_dtype). optax.tree.get is
 # optax.tree_utils.tree_get.
+@pytest.mark.sweep(  # each dtype once on each side
+  quick=["bfloat16-float32", "float32-complex64", "complex64-None", "None-bfloat16"]
+)
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "float32", "complex64", None])
 @pytest.mark.parametrize("params_dtype", ["bfloat16", "float32", "complex64", None])
 def test_explicit_dtype(params_dtype, state_dtype):
