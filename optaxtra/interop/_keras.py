@@ -110,7 +110,7 @@ def from_keras(
     ...   tx, params, opt, paths=["kernel", "bias"]
     ... )
   """
-  import keras
+  import keras  # pyright: ignore[reportMissingImports]  (an optional dependency)
 
   fn = _FN
   if isinstance(optimizer, keras.optimizers.AdamW):

@@ -150,7 +150,7 @@ def from_tf1_checkpoint(
     Freivalds & Liepins, `Improving the Neural GPU Architecture for Algorithm
     Learning <https://arxiv.org/abs/1702.08727>`_, 2017.
   """
-  import tensorflow as tf
+  import tensorflow as tf  # pyright: ignore[reportMissingImports, reportMissingModuleSource]
 
   fn = _FN
   if not isinstance(names, Mapping):

@@ -425,7 +425,7 @@ def to_torch(
     >>> float(opt.state[w]["step"])  # doctest: +SKIP
     3.0
   """
-  import torch
+  import torch  # pyright: ignore[reportMissingImports]  (an optional dependency)
 
   fn = _TO
   if not isinstance(optimizer, torch.optim.Optimizer):
