@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 
 from optaxtra._adam import ScaleByAdamState, scale_by_adam
 from optaxtra._core import checks as _checks
+from optaxtra._core.masking import resolve_mask
 from optaxtra._core.paths import paths as _paths
 from optaxtra._introspect.declare import inspectable
 from optaxtra._learning_rate import (
@@ -160,6 +161,10 @@ def adamw(
   decay = Decay(_FN, weight_decay, learning_rate)
 
   def init_fn(params):
+    # The mask is checked here, as the decay stage does, not at the first
+    # update (inside jit): a pattern naming no parameter is an error now.
+    if weight_decay_mask is not None and jax.tree.leaves(params):
+      resolve_mask(_FN, weight_decay_mask, params)
     a = cast(ScaleByAdamState, adam.init(params))
     learning = lr.init_value(params)
     wds, rates, _, keys = decay.rates(a.count, _paths(params))

@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 
 from optaxtra._adamax_clipped import ScaleByAdamaxClippedState, scale_by_adamax_clipped
 from optaxtra._core import checks as _checks
+from optaxtra._core.masking import resolve_mask
 from optaxtra._core.paths import paths as masks_paths
 from optaxtra._coupling import Coupling, decay_schedule
 from optaxtra._introspect.declare import inspectable
@@ -217,6 +218,10 @@ def adamax_clipped(
   )
 
   def init_fn(params):
+    # The decay mask is checked here, as the decay stage's init does: a
+    # pattern naming no parameter fails when the optimizer is built.
+    if decays and weight_decay_mask is not None and jax.tree.leaves(params):
+      resolve_mask(_DECAY_FN, weight_decay_mask, params)
     a = cast(ScaleByAdamaxClippedState, adamax.init(params))
     rates = wds = keys = None
     if decays:

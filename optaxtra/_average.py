@@ -274,15 +274,10 @@ def average_params(
       _FN, params, state.average, a_is="the params", b_is="the state's average"
     )
     u_entries, _ = _paths.walk(updates)
-    _, treedef = _paths.walk(state.average)
+    a_entries, treedef = _paths.walk(state.average)
     consts: dict[Any, tuple[jax.Array, jax.Array]] = {}
-    rule = dict(
-      zip(
-        (p.path for p, _ in pairs),
-        hdecay.assign([p.path for p, _ in pairs]),
-        strict=True,
-      )
-    )
+    live = [p.path for p, a in pairs if not (p.masked or a.masked)]
+    rule = dict(zip(live, hdecay.assign(live), strict=True))
 
     def constants(rdt, i):  # once per dtype and rule, not per leaf
       if (rdt, i) not in consts:
@@ -318,12 +313,12 @@ def average_params(
       return out.astype(a.dtype)
 
     new = [
-      a.node if a.masked or p.masked else leaf(p.path, a.value, p.value, u.value)
+      None if a.masked or p.masked else leaf(p.path, a.value, p.value, u.value)
       for (p, a), u in zip(pairs, u_entries, strict=True)
     ]
-    return updates, AverageParamsState(
-      safe_increment(state.count), record(d), treedef.unflatten(new)
-    )
+    # Rebuilt from the average's own entries: Flax boxes around it are kept.
+    average = _paths.rebuild(a_entries, treedef, new)
+    return updates, AverageParamsState(safe_increment(state.count), record(d), average)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -81,17 +81,17 @@ def _scale(updates, step_size: jax.Array):
 
 
 def _per_leaf(updates: Any, factors: list[jax.Array], index: list[int]) -> Any:
-  """Each leaf of ``updates`` times its group's factor (``index`` per entry)."""
+  """Each leaf of ``updates`` times its group's factor; ``index`` has one
+  entry per parameter the stage sees (``MaskedNode`` entries, hidden by an
+  enclosing ``optax.masked`` or partition, have none and stay as they are)."""
   entries, treedef = _paths.walk(updates)
 
   def leaf(g, f):
     dt = compute_dtype(g, f)
     return (g.astype(dt) * f.astype(dt)).astype(g.dtype)
 
-  out = [
-    None if e.masked else leaf(e.value, factors[i])
-    for e, i in zip(entries, index, strict=True)
-  ]
+  rules = iter(index)
+  out = [None if e.masked else leaf(e.value, factors[next(rules)]) for e in entries]
   return _paths.rebuild(entries, treedef, out)
 
 
@@ -132,7 +132,11 @@ class LearningRate:
     low: float | None = 0.0,
     fix: str = "To follow the gradient upwards use flip_sign=False instead.",
   ):
-    self.value = _hyper.resolve_by_path(fn, name, value, low=low, fix=fix)
+    # A learning rate held in bfloat16 (optax.inject_hyperparams with narrow
+    # params) is only rounded, never 0 or 1 where it should not be: allowed.
+    self.value = _hyper.resolve_by_path(
+      fn, name, value, low=low, fix=fix, min_float32=False
+    )
     self.sign = sign
     self.keys = [label[len(name) :] for label in self.value.labels]
 
@@ -163,7 +167,7 @@ class LearningRate:
       vals = [v * s.astype(v.dtype) for v, s in zip(vals, scales, strict=True)]
     factors = vals if self.sign == 1 else [-v for v in vals]
     if self.value.by_path:
-      index = self.value.assign([e.path for e in _paths.walk(updates)[0]])
+      index = self.value.assign(_paths.paths(updates))  # what the stage sees
       updates = _per_leaf(updates, factors, index)
     else:
       updates = _scale(updates, factors[0])

@@ -174,7 +174,9 @@ def _rules(
       )
     if not multipliers:  # everything takes the default
       table = hyper.ByPath((), default)
-      return table, hyper.resolve_by_path(fn, "multipliers", table, low=0.0, fix=_FIX)
+      return table, hyper.resolve_by_path(
+        fn, "multipliers", table, low=0.0, fix=_FIX, min_float32=False
+      )
     items = multipliers.items() if isinstance(multipliers, Mapping) else multipliers
     pairs = []
     for item in items:
@@ -197,7 +199,9 @@ def _rules(
       f"{fn}: multipliers must be a mapping pattern -> multiplier, e.g. "
       f"{{'^encoder/': 0.1}}, got {type(multipliers).__name__}."
     )
-  return table, hyper.resolve_by_path(fn, "multipliers", table, low=0.0, fix=_FIX)
+  return table, hyper.resolve_by_path(
+    fn, "multipliers", table, low=0.0, fix=_FIX, min_float32=False
+  )
 
 
 def scale_by_path(

@@ -77,7 +77,11 @@ class Decay:
 
   def __init__(self, fn: str, weight_decay: Any, schedule: Any):
     self.fn = fn
-    self.wd = _hyper.resolve_by_path(fn, "weight_decay", weight_decay, low=0.0)
+    # Rounded in bfloat16, a decay coefficient or eta_t stays what it was
+    # meant to be (unlike b2 = 0.999, which becomes 1): narrow values allowed.
+    self.wd = _hyper.resolve_by_path(
+      fn, "weight_decay", weight_decay, low=0.0, min_float32=False
+    )
     self.schedule = (
       None
       if schedule is None
@@ -87,6 +91,7 @@ class Decay:
         schedule,
         low=0.0,
         fix="It is the eta_t that couples the decay to the learning rate.",
+        min_float32=False,
       )
     )
     self.rate = _hyper.Hyper(fn, "weight_decay * schedule", 0.0, _RATE)
@@ -145,7 +150,10 @@ class Decay:
     fdt = _checks.default_float()
     rates = []
     for i, j in pairs:
-      r = wds[i] if scs is None else wds[i] * scs[j]
+      # In the default float (float64 under x64): a float32 schedule's value
+      # times a coefficient is not rounded to float32 on the way, so AdamW
+      # is Optax's and PyTorch's formula in float64.
+      r = wds[i] if scs is None else wds[i].astype(fdt) * scs[j].astype(fdt)
       if not jnp.issubdtype(r.dtype, jnp.floating):
         r = r.astype(fdt)
       if scales is not None:

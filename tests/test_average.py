@@ -1251,3 +1251,19 @@ def test_haiku():
 
 if __name__ == "__main__":
   _run_worker(sys.argv[1])
+
+
+@pytest.mark.heavy
+def test_the_average_keeps_flax_boxes_through_updates():
+  # A linen Partitioned box around a parameter stays around its average after
+  # an update: the state keeps init's structure (lax.scan, sharding names).
+  need("flax")
+  from flax import linen as nn
+
+  params = {"w": nn.Partitioned(jnp.ones(2), names=("x",))}
+  tx = optaxtra.average_params(0.9)
+  state = tx.init(params)
+  grads = {"w": nn.Partitioned(jnp.ones(2), names=("x",))}
+  _, new = jax.jit(tx.update)(grads, state, params)
+  assert isinstance(new.average["w"], nn.Partitioned)
+  assert jax.tree.structure(new) == jax.tree.structure(state)

@@ -133,3 +133,72 @@ def test_average_decay_by_path():
   np.testing.assert_array_equal(avg["fast"], np.float32(0.5))
   np.testing.assert_array_equal(avg["slow"], 1 - np.float32(0.9))
   assert set(state.decay) == {"[^fast]", "[default]"}
+
+
+# --- Cases an independent review found -------------------------------------------
+
+
+def test_values_by_path_inside_wrappers_that_hide_parameters():
+  p = {"head": {"w": jnp.ones(2)}, "body": {"w": jnp.ones(2)}}
+  tx = optaxtra.with_frozen(
+    optaxtra.adamw(optaxtra.by_path({"^head/": 1e-3})), frozen="^body/"
+  )
+  u, _ = tx.update(p, tx.init(p), p)
+  np.testing.assert_array_equal(u["body"]["w"], 0.0)
+  q = {"w": jnp.ones(2), "b": jnp.ones(2)}
+  tx = optax.masked(
+    optaxtra.scale_by_learning_rate(optaxtra.by_path({"w": 0.1})),
+    {"w": True, "b": False},
+  )
+  u, _ = tx.update(q, tx.init(q), q)
+  np.testing.assert_array_equal(u["w"], -np.float32(0.1))
+  np.testing.assert_array_equal(u["b"], 1.0)
+  tx = optax.masked(
+    optaxtra.average_params(optaxtra.by_path({"w": 0.5})), {"w": True, "b": False}
+  )
+  tx.update(q, tx.init(q), q)
+
+
+def test_masks_are_checked_when_the_optimizer_is_built():
+  q = {"w": jnp.ones(2), "b": jnp.ones(2)}
+  typo = optaxtra.masks.path_mask(exclude=["typo"])
+  for tx in (
+    optaxtra.adamw(1e-3, weight_decay_mask=typo),
+    optaxtra.adamax_clipped(1e-3, weight_decay=1e-2, weight_decay_mask=typo),
+  ):
+    with pytest.raises(ValueError, match="exclude pattern 'typo' matches no"):
+      tx.init(q)
+
+
+def test_narrow_learning_rates_are_fine_narrow_decay_rates_are_not():
+  b = {"w": jnp.ones(2, jnp.bfloat16)}
+  tx = optax.inject_hyperparams(optaxtra.scale_by_learning_rate)(learning_rate=0.1)
+  u, _ = tx.update(b, tx.init(b))
+  assert u["w"].dtype == jnp.bfloat16
+  tx = optax.inject_hyperparams(optaxtra.add_decayed_weights_decoupled)(
+    weight_decay=0.1, schedule=None
+  )
+  tx.update(b, tx.init(b), b)
+  with pytest.raises(TypeError, match="b2 arrived as bfloat16"):
+    optaxtra.scale_by_adam(b2=jnp.asarray(0.999, jnp.bfloat16))
+
+
+def test_a_rule_named_default_is_refused_beside_a_default():
+  with pytest.raises(ValueError, match="share its label '\\[default\\]'"):
+    optaxtra.by_path({"default": 0.1}, default=0.2)
+  optaxtra.by_path({"default": 0.1})  # no default= given: no clash
+
+
+def test_under_x64_ranges_are_checked_in_float32_and_eager_equals_jit(x64):
+  with pytest.raises(ValueError, match=r"is 1\.0 in float32"):
+    optaxtra.scale_by_adam(b2=0.99999999)
+  p = {"w": jnp.asarray(np.random.default_rng(0).normal(size=5))}
+  tx = optaxtra.adamw(optax.linear_schedule(1e-2, 0.0, 100), weight_decay=0.1)
+  theirs = optax.adamw(optax.linear_schedule(1e-2, 0.0, 100), weight_decay=0.1)
+  s = tx.init(p)
+  eager, _ = tx.update(p, s, p)
+  jitted, _ = jax.jit(tx.update)(p, s, p)
+  np.testing.assert_array_equal(eager["w"], jitted["w"])
+  optax_u, _ = theirs.update(p, theirs.init(p), p)
+  # Optax's formula in float64: the rate wd * lr is not rounded to float32.
+  np.testing.assert_allclose(eager["w"], optax_u["w"], rtol=1e-14)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxtra._core import checks as _checks
-from optaxtra._core.paths import quote, show
+from optaxtra._core.paths import show
 
 INT32_MAX = 2**31 - 1
 
@@ -54,6 +54,9 @@ class Range:
     low, high: the bounds (None: unbounded).
     low_open, high_open: whether the bound itself is excluded.
     fix: a hint appended to the message of a value outside the range.
+    min_float32: refuse a float array narrower than float32 (a decay rate such
+      as ``b2=0.999`` is 1.0 in bfloat16); off for values that a narrow
+      dtype holds well enough (a learning rate, a weight decay).
   """
 
   low: float | None = None
@@ -61,6 +64,7 @@ class Range:
   low_open: bool = False
   high_open: bool = True
   fix: str = ""
+  min_float32: bool = True
 
   def text(self) -> str:
     lo = (
@@ -112,6 +116,7 @@ def real(
   high_open: bool = True,
   dtype: Any = None,
   fix: str = "",
+  min_float32: bool = True,
 ) -> float | None:
   """The one check of a real scalar hyperparameter; its value as a float.
 
@@ -136,10 +141,13 @@ def real(
     v = _checks.concrete_scalar(value)
   except TypeError as e:
     raise TypeError(f"{fn}: {name} must be a real scalar; {e}.") from None
-  _checks.check_float32_or_wider(fn, name, value)
+  if min_float32:
+    _checks.check_float32_or_wider(fn, name, value)
   if v is None:
     return None
-  dt = _checks.default_float() if dtype is None else dtype
+  # float32 by default, also under x64: the arithmetic of a float32 parameter
+  # is done in float32, the narrowest precision a hyperparameter is used in.
+  dt = np.float32 if dtype is None else dtype
   held = _in_dtype(v, dt)
   if not math.isfinite(v):
     raise ValueError(
@@ -339,7 +347,7 @@ class ByPath:
     if missing and self.default is None:
       raise ValueError(
         f"{fn}: {name} has no rule for {len(missing)} parameters: "
-        f"{show([quote(p) for p in missing])}. Add a rule that matches them, or "
+        f"{show(missing)}. Add a rule that matches them, or "
         "pass default=... to by_path."
       )
     n = len(self.rules)
@@ -422,6 +430,12 @@ def by_path(
     out.append((pattern, value))
   if isinstance(default, ByPath):
     raise TypeError(f"{fn}: default must be a number or a schedule, not a by_path.")
+  if default is not None and "default" in seen:
+    raise ValueError(
+      f"{fn}: a rule's pattern is 'default', which would share its label "
+      "'[default]' (in the state, inspect and set_learning_rate_scale's group) "
+      "with default=; write it another way, e.g. '(default)' or '^default$'."
+    )
   return ByPath(tuple(out), default, tuple(compiled))
 
 
@@ -463,6 +477,7 @@ class Hyper:
         low_open=rng.low_open,
         high_open=rng.high_open,
         fix=rng.fix,
+        min_float32=rng.min_float32,
       )
 
   def __call__(self, count: Any) -> jax.Array:
@@ -475,7 +490,9 @@ class Hyper:
   def check(self, v: jax.Array, count: Any) -> jax.Array:
     """``v`` if in range; else ``ValueError`` (concrete) or NaN (traced)."""
     if _checks.is_traced(v):
-      return jnp.where(self.range.holds_traced(v), v, jnp.nan).astype(v.dtype)
+      # No astype: the result keeps v's dtype and weak type, as the concrete
+      # path does, so eager and jitted runs compute the same.
+      return jnp.where(self.range.holds_traced(v), v, jnp.nan)
     x = float(v)
     if not self.range.holds(x):
       at = "" if _checks.is_traced(count) else f" at step {int(count)}"
