@@ -232,6 +232,7 @@ def test_optax_adamw_in_float32():
       assert_max_ulp(a, b, maxulp=4 + n, err_msg=f"step {n}")
 
 
+@pytest.mark.heavy  # slow for the quick loop; optax.adamw's numbers are checked there
 def test_nesterov_is_optax_adamw_nesterov(x64):
   params, grads = _params(jnp.float64), _grads(jnp.float64, 10)
   ours = optaxtra.adamw(1e-2, weight_decay=0.05, nesterov=True)

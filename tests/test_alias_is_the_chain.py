@@ -97,6 +97,12 @@ def _run(tx, steps, jit):
   return out
 
 
+@pytest.mark.sweep(
+  quick=[
+    "learning rate and decay by path",
+    "normalized decay, bias correction, clip fraction",
+  ]
+)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_eagerly_bit_for_bit(name):
   alias, chain = _pair(name)

@@ -300,7 +300,7 @@ def _python_loop(wrapper, name):
   return carries, updates
 
 
-@wrapped_chains
+@pytest.mark.sweep(quick=["multisteps-chain_adam"])  # each transform's own scan too
 @wrapped_transforms
 def test_scan_equals_a_python_loop(name, wrapper):
   # The scan body is compiled inside a while loop: another program than the
