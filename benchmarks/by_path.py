@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders as C
 import variants as V
 from machine import machine_info
-from timing import time_interleaved
+from timing import side_header, step_rows
 
 import optaxtra
 
@@ -106,12 +105,8 @@ def makers() -> dict:
 
 
 def markdown(res) -> str:
-  m = res["machine"]
   out = [
-    f"Machine: {m['cpu']}, {m['cores']} cores; backend {m['backend']}; "
-    f"jax {m['jax']}, optax {m['optax']}, optaxtra {m['optaxtra']}, "
-    f"numpy {m['numpy']}, Python {m['python']}. Medians of {res['reps']} "
-    f"interleaved repetitions; load average {res['load']}.",
+    side_header(res),
     "",
     "### Time per step (ms), ratio to optaxtra.adamw, array kernels (fusions+copies)",
     "",
@@ -165,16 +160,7 @@ def main(argv=None):
     cs = [
       C.JaxContender(name, make, params_np, grads) for name, make in makers().items()
     ]
-    times, k = time_interleaved(cs, args.reps, args.target_s)
-    rows = {
-      c.name: {
-        "step_s": statistics.median(times[c.name]),
-        "step_s_min": min(times[c.name]),
-        "steps_per_sample": k,
-        "kernels": getattr(c, "kernels", {}),
-      }
-      for c in cs
-    }
+    rows = step_rows(cs, args.reps, args.target_s)
     label = f"{n:.0e} in {n_leaves} leaves"
     res["cases"][label] = {"rows": rows}
     print(f"== {label}", flush=True)

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders as C
 import variants as V
 from machine import machine_info
-from timing import time_interleaved
+from timing import side_header, step_rows
 
 import optaxtra
 
@@ -85,12 +84,8 @@ def reduce_ops(contender) -> int:
 def markdown(res) -> str:
   sizes = list(res["sizes"])
   names = list(res["sizes"][sizes[0]]["rows"])
-  m = res["machine"]
   out = [
-    f"Machine: {m['cpu']}, {m['cores']} cores; backend {m['backend']}; "
-    f"jax {m['jax']}, optax {m['optax']}, optaxtra {m['optaxtra']}, "
-    f"numpy {m['numpy']}, Python {m['python']}. Medians of {res['reps']} "
-    f"interleaved repetitions; load average {res['load']}.",
+    side_header(res),
     "",
     "### Time per step (ms), and ratio to the optimizer alone",
     "",
@@ -154,18 +149,9 @@ def main(argv=None):
       C.JaxContender(name, make, params_np, grads) for name, make in makers().items()
     ]
     reps = 3 * args.reps if n < 1_000_000 else args.reps
-    times, k = time_interleaved(cs, reps, args.target_s)
-    rows = {}
+    rows = step_rows(cs, reps, args.target_s)
     for c in cs:
-      ts = times[c.name]
-      rows[c.name] = {
-        "step_s": statistics.median(ts),
-        "step_s_min": min(ts),
-        "step_s_all": ts,
-        "steps_per_sample": k,
-        "kernels": getattr(c, "kernels", {}),
-        "reduce_ops": reduce_ops(c),
-      }
+      rows[c.name]["reduce_ops"] = reduce_ops(c)
     res["sizes"][str(n)] = {"rows": rows}
     base = rows[BASE]["step_s"]
     print(f"== one leaf, n={n:.0e}", flush=True)

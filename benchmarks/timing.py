@@ -36,6 +36,34 @@ def time_interleaved(contenders, reps, target_s, compile_reps=0):
   return times, k
 
 
+def step_rows(contenders, reps, target_s):
+  """Times ``contenders`` interleaved: ``{name: row}``, a row holding the
+  median and fastest seconds per step, every sample, the steps per sample and
+  the compiled step's kernel counts (what the side benchmarks report)."""
+  times, k = time_interleaved(contenders, reps, target_s)
+  return {
+    c.name: {
+      "step_s": statistics.median(times[c.name]),
+      "step_s_min": min(times[c.name]),
+      "step_s_all": times[c.name],
+      "steps_per_sample": k,
+      "kernels": getattr(c, "kernels", {}),
+    }
+    for c in contenders
+  }
+
+
+def side_header(res) -> str:
+  """The first line of a side benchmark's report: machine, versions, load."""
+  m = res["machine"]
+  return (
+    f"Machine: {m['cpu']}, {m['cores']} cores; backend {m['backend']}; "
+    f"jax {m['jax']}, optax {m['optax']}, optaxtra {m['optaxtra']}, "
+    f"numpy {m['numpy']}, Python {m['python']}. Medians of {res['reps']} "
+    f"interleaved repetitions; load average {res['load']}."
+  )
+
+
 def summarize(contenders, times, k, total):
   """One row per contender: median and minimum step, bandwidth, kernels, state."""
   rows = {}
